@@ -16,10 +16,18 @@ at a time into a preallocated output, so memory is bounded by the tile size even
 
 Posterior sampling (pitfall 14): upstream takes `latent_dist.sample()` unseeded. Here the noise
 for the WHOLE latent, shape [B, 64, T], is drawn once up front with diffusers' `randn_tensor`
-from the caller's generator (one generator, or one per batch item) in the VAE dtype on the VAE
-device, and each tile uses `mean + std * noise[core]` with its own posterior mean/std. The
-untiled path therefore equals `vae.encode(x).latent_dist.sample(generator)` bit for bit, and a
-tiled encode with the same generator uses exactly the same noise values as an untiled one.
+from the caller's generator (one generator, or one per batch item) in float32 on the VAE device
+(a CPU generator draws on the CPU, so the values do not depend on the device), and each tile uses
+`mean + std * noise[core]` in float32 with its own posterior mean/std. So a tiled encode uses
+exactly the noise values of an untiled one, the noise for a seed does not depend on the VAE dtype,
+and for an fp32 VAE the untiled path equals `vae.encode(x).latent_dist.sample(generator)` bit for
+bit.
+
+Numbers (see tests/models/test_vae.py): tiled vs untiled <= 5.2e-7 abs on CPU fp32. On CUDA, fp32
+convolutions run in TF32 by default (`torch.backends.cudnn.allow_tf32`, a process-wide setting this
+module leaves alone): tiled vs untiled decode then differ by 1.4e-4 (peak 0.15, H100, random
+Oobleck of official widths), and by 0.0 with TF32 off. 600 s in bf16 on an H100: encode 1.8 s,
+peak 2.9 GiB; decode 1.8 s, peak 2.2 GiB.
 """
 
 from __future__ import annotations
@@ -205,9 +213,10 @@ class VAE:
             for tile, f0, f1, offset in self._encode_tiles(num_samples, chunk, overlap):
                 window = wave[:, :, tile.win_start : tile.win_end]
                 dist = self.model.encode(window.to(device=self.device, dtype=self.dtype)).latent_dist
-                latent = dist.mean[:, :, offset : offset + f1 - f0]
+                latent = dist.mean[:, :, offset : offset + f1 - f0].float()
                 if noise is not None:
-                    latent = latent + dist.std[:, :, offset : offset + f1 - f0] * noise[:, :, f0:f1]
+                    std = dist.std[:, :, offset : offset + f1 - f0].float()
+                    latent = latent + std * noise[:, :, f0:f1]
                 out[:, :, f0:f1] = latent
         return out.transpose(1, 2).contiguous()
 
@@ -232,7 +241,7 @@ class VAE:
 
         if isinstance(generator, list) and len(generator) != shape[0]:
             raise InvalidRequest(f"{len(generator)} generators for a batch of {shape[0]}")
-        return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
 
     def _check_wave(self, wave: torch.Tensor) -> None:
         if not isinstance(wave, torch.Tensor) or wave.dim() != 3 or wave.shape[1] != self.audio_channels:

@@ -136,7 +136,7 @@ def test_tiled_encode_sample_matches_untiled_with_same_generator(narrow, wave):
     assert (whole - mean).abs().max().item() > 1e-3  # it really sampled
 
 
-def test_untiled_sample_equals_diffusers_latent_dist_sample(narrow, wave):
+def test_untiled_fp32_sample_equals_diffusers_latent_dist_sample(narrow, wave):
     ours = narrow.encode(wave, _gen(3), **WHOLE_ENC)
     with torch.no_grad():
         ref = narrow.model.encode(wave).latent_dist.sample(generator=_gen(3))
@@ -190,6 +190,17 @@ def test_outputs_are_fp32_for_a_bf16_vae(wave):
     assert latents.dtype == torch.float32 and latents.shape == (2, 12, 4)
     audio = vae.decode(latents)
     assert audio.dtype == torch.float32 and audio.shape == (2, 2, 12 * HOP)
+
+
+def test_posterior_noise_is_float32_whatever_the_vae_dtype(wave):
+    """Same seed, same noise values for a bf16 VAE: mean + std * N(0, 1) computed in fp32."""
+    vae = VAE(tiny_oobleck(3, latent_channels=4).to(torch.bfloat16))
+    x = wave[:, :, : HOP * 12]
+    ours = vae.encode(x, _gen(5))
+    with torch.no_grad():
+        dist = vae.model.encode(x.to(torch.bfloat16)).latent_dist
+    noise = torch.randn((2, 4, 12), generator=_gen(5))
+    assert torch.equal(ours, (dist.mean.float() + dist.std.float() * noise).transpose(1, 2))
 
 
 def test_decode_output_device_and_input_validation(narrow):

@@ -56,14 +56,17 @@ def read_tensors(
     files: Iterable[Path], *, rename=None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """Every tensor of the files (optionally renamed; `rename(key) -> str | None`, None drops it),
-    cast to dtype on device, plus where each came from. Corrupt or truncated files raise."""
+    cast to dtype on device, plus where each came from. Corrupt or truncated files raise.
+    A `rename` with a `for_file(path)` method gives each file its own rename function (the
+    diffusers layout, where the same key means different tensors in different components)."""
     tensors: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
     for path in files:
+        file_rename = rename.for_file(path) if hasattr(rename, "for_file") else rename
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for key in f.keys():
-                    name = rename(key) if rename else key
+                    name = file_rename(key) if file_rename else key
                     if name is None:
                         continue
                     if name in tensors:

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 from songstep.loading.checkpoint import load_dit
 from songstep.models.dit import DiTModel
+from songstep.testing.reference_sampling import run_flowedit_case as _run_flowedit
+from songstep.testing.reference_sampling import run_generate_case as _run_generate
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -79,16 +81,23 @@ def load_inputs(golden_dir: Path, entry: dict[str, Any], dtype: torch.dtype, dev
 
 
 def run_case(golden_dir: Path, case: str) -> dict[str, torch.Tensor]:
+    """Every `out.*` (and `traj.*`) tensor the case declares, computed by songstep."""
+    return run_case_detailed(golden_dir, case)[0]
+
+
+def run_case_detailed(golden_dir: Path, case: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(outputs, noise drawn by songstep from the case's seeds under the fixtures' `in.*` names)."""
     golden_dir = Path(golden_dir)
     index = load_index(golden_dir)
     entry = case_entry(index, case)
     kind = case_kind(entry)
     model = load_case_model(golden_dir, index)
     inputs = load_inputs(golden_dir, entry, model.dtype, index.get("device", "cpu"))
+    drawn: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
-        out = _RUNNERS[kind](model, inputs, entry, index)
+        out = _RUNNERS[kind](model, inputs, entry, index, drawn)
     declared = {k for k in entry["tensors"] if k.startswith(("out.", "traj."))}
-    return {k: v for k, v in out.items() if k in declared}
+    return {k: v for k, v in out.items() if k in declared}, drawn
 
 
 # -- kinds -------------------------------------------------------------------------------
@@ -102,7 +111,7 @@ _ENCODER_INPUTS = (
 )
 
 
-def _run_encoder(model: DiTModel, x: dict, entry: dict, index: dict) -> dict[str, torch.Tensor]:
+def _run_encoder(model: DiTModel, x: dict, entry: dict, index: dict, drawn: dict) -> dict[str, torch.Tensor]:
     enc = model.encoder
     h, m = enc(*(x[k] for k in _ENCODER_INPUTS))
     timbre, timbre_mask = enc.timbre_encoder(
@@ -118,7 +127,7 @@ def _run_encoder(model: DiTModel, x: dict, entry: dict, index: dict) -> dict[str
     }
 
 
-def _run_decoder(model: DiTModel, x: dict, entry: dict, index: dict) -> dict[str, torch.Tensor]:
+def _run_decoder(model: DiTModel, x: dict, entry: dict, index: dict, drawn: dict) -> dict[str, torch.Tensor]:
     def velocity(r: torch.Tensor) -> torch.Tensor:
         return model.decoder(
             x["hidden_states"], x["timestep"], r, x["encoder_hidden_states"], x["context_latents"]
@@ -130,7 +139,7 @@ def _run_decoder(model: DiTModel, x: dict, entry: dict, index: dict) -> dict[str
     return out
 
 
-def _run_fsq(model: DiTModel, x: dict, entry: dict, index: dict) -> dict[str, torch.Tensor]:
+def _run_fsq(model: DiTModel, x: dict, entry: dict, index: dict, drawn: dict) -> dict[str, torch.Tensor]:
     q, idx, pmask = model.tokenize(x["x"], x["silence_latent"], x["attention_mask"])
     padded, _ = model._pad_to_window(x["x"], x["silence_latent"], x["attention_mask"])
     n, t, c = padded.shape
@@ -147,7 +156,7 @@ def _run_fsq(model: DiTModel, x: dict, entry: dict, index: dict) -> dict[str, to
     }
 
 
-def _run_prepare_condition(model: DiTModel, x: dict, entry: dict, index: dict) -> dict[str, torch.Tensor]:
+def _run_prepare_condition(model: DiTModel, x: dict, entry: dict, index: dict, drawn: dict) -> dict[str, torch.Tensor]:
     src = x["src_latents"]
     enc, mask, ctx = model.prepare_condition(
         *(x[k] for k in _ENCODER_INPUTS),
@@ -162,15 +171,11 @@ def _run_prepare_condition(model: DiTModel, x: dict, entry: dict, index: dict) -
     return {"out.encoder_hidden_states": enc, "out.encoder_attention_mask": mask, "out.context_latents": ctx}
 
 
-def _needs_sampler(model, x, entry, index):
-    raise NotImplementedError("sampler cases arrive with songstep.sampling")
-
-
 _RUNNERS = {
     "encoder": _run_encoder,
     "decoder": _run_decoder,
     "fsq": _run_fsq,
     "prepare_condition": _run_prepare_condition,
-    "generate": _needs_sampler,
-    "flowedit": _needs_sampler,
+    "generate": _run_generate,
+    "flowedit": _run_flowedit,
 }

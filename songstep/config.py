@@ -204,3 +204,67 @@ def tiny_config(xl: bool = False, is_turbo: bool = True, **overrides: Any) -> Di
         )
     base.update(overrides)
     return DiTConfig(**base)
+
+
+# -- requests ----------------------------------------------------------------------------------
+AudioInput = Any  # a path, or a float waveform tensor [channels, samples] at 48 kHz
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a user asks for. `None` means "the variant's default" (or "let the planner decide"
+    for the musical metadata). Validated once at the boundary by
+    `songstep.conditioning.validate_request`."""
+
+    task: str = "text2music"
+    caption: str = ""
+    lyrics: str = ""
+    instrumental: bool = False
+    language: str = "unknown"
+    duration: float | None = None
+    bpm: int | None = None
+    keyscale: str | None = None
+    timesignature: str | None = None
+    tracks: tuple[str, ...] = ()
+    source_audio: AudioInput | None = None
+    reference_audio: AudioInput | None = None
+    repaint_start: float = 0.0
+    repaint_end: float | None = None
+    repaint_strength: float = 0.5  # 0 aggressive … 1 conservative (injection, crossfades)
+    strength: float = 1.0  # audio_cover_strength: share of the steps on the cover condition
+    cover_noise_strength: float = 0.0  # > 0 starts from the noised source instead of pure noise
+    audio_codes: str | None = None  # LM audio codes (`<|audio_code_N|>…`) to condition on
+    steps: int | None = None
+    shift: float | None = None
+    guidance: float | None = None
+    guidance_method: str = "apg"
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    solver: str = "euler"
+    method: str = "ode"
+    timesteps: tuple[float, ...] | None = None
+    dcw: bool = True
+    seed: int | None = None
+    batch: int = 1
+    retake_seed: int | None = None
+    retake_variance: float = 0.0
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class VariantDefaults:
+    """Sampler defaults per variant family (spec pipeline.md §8.1)."""
+
+    steps: int
+    shift: float
+    guidance: float
+    max_steps: int
+
+
+TURBO_DEFAULTS = VariantDefaults(steps=8, shift=3.0, guidance=1.0, max_steps=20)
+CFG_DEFAULTS = VariantDefaults(steps=32, shift=3.0, guidance=7.0, max_steps=200)
+
+
+def variant_defaults(config: DiTConfig) -> VariantDefaults:
+    return TURBO_DEFAULTS if config.is_turbo else CFG_DEFAULTS

@@ -32,6 +32,7 @@ class TaskSpec:
     window: bool = False  # chunk mask = a time window (repaint, lego) instead of all ones
     injects_source: bool = False  # repaint preservation (injection + crossfade + splice)
     length_from_source: bool = False
+    codes_task: str | None = None  # with LM/user audio codes this row runs as that task instead
     aliases: tuple[str, ...] = ()
 
     def instruction(self, tracks: Sequence[str] | str | None = None) -> str:
@@ -60,7 +61,7 @@ def _normalise_tracks(tracks: Sequence[str] | str | None) -> list[str]:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("text2music", T2M_INSTRUCTION, T2M_INSTRUCTION, source="silence"),
+        TaskSpec("text2music", T2M_INSTRUCTION, T2M_INSTRUCTION, source="silence", codes_task="cover"),
         TaskSpec(
             "cover",
             COVER_INSTRUCTION,
@@ -112,6 +113,12 @@ TASKS: dict[str, TaskSpec] = {
         ),
     )
 }
+
+
+def with_codes(spec: TaskSpec) -> TaskSpec:
+    """The row that actually runs when audio codes condition the DiT (text2music → cover:
+    the hints replace the silent source and the cover instruction is used)."""
+    return TASKS[spec.codes_task] if spec.codes_task else spec
 
 
 def get_task(name: str) -> TaskSpec:

@@ -90,3 +90,45 @@ def write_tiny_dit(
     else:
         raise ValueError(f"unknown layout {layout!r}")
     return Path(folder)
+
+
+# -- a whole checkpoint tree ---------------------------------------------------------------------
+DIT_FOLDERS = {"turbo": "acestep-v15-turbo", "base": "acestep-v15-base", "sft": "acestep-v15-sft"}
+
+
+def write_tiny_tree(root: str | Path, seed: int = 0, *, variants=("turbo", "base"), lm: bool = True) -> Path:
+    """A complete tiny random checkpoint tree in the official layout — DiT folders (with
+    `silence_latent.pt`), `vae/`, `Qwen3-Embedding-0.6B/` and, when available, a tiny planner LM in
+    `acestep-5Hz-lm-1.7B/` — that every songstep command accepts as `--model ROOT`."""
+    from songstep.testing.tiny_components import write_silence_latent, write_tiny_text_encoder, write_tiny_vae
+
+    root = Path(root)
+    for i, variant in enumerate(variants):
+        folder = root / DIT_FOLDERS[variant]
+        write_tiny_dit(folder, seed + i, is_turbo=variant == "turbo")
+        write_silence_latent(folder / "silence_latent.pt", seed=seed)
+    write_tiny_vae(root / "vae", seed)
+    write_tiny_text_encoder(root / "Qwen3-Embedding-0.6B", seed, hidden_size=tiny_config().text_hidden_dim)
+    if lm:
+        try:
+            from songstep.testing.tiny_lm import write_tiny_lm
+        except ImportError:  # pragma: no cover - the planner issue adds it
+            return root
+        write_tiny_lm(root / "acestep-5Hz-lm-1.7B", seed)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m songstep.testing.tiny", description=write_tiny_tree.__doc__)
+    parser.add_argument("root", type=Path, help="directory to write the tree into")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-lm", action="store_true", help="skip the planner LM")
+    args = parser.parse_args(argv)
+    write_tiny_tree(args.root, args.seed, lm=not args.no_lm)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from songstep.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Loading every component a pipeline needs from a checkpoint root or a hub repository.
+
+Folders as upstream lays them out: `acestep-v15-<variant>/` (DiT + `silence_latent.pt`), `vae/`,
+`Qwen3-Embedding-0.6B/`, `acestep-5Hz-lm-<size>/`. A local directory is used as it is (its files are
+checked structurally when loaded, not against the official checksums, so fine-tuned or tiny
+checkpoints work); a hub id is downloaded into `root` with pinned revisions and checksums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from songstep.errors import InvalidRequest
+from songstep.loading import hub
+from songstep.loading.checkpoint import default_dtype, load_dit
+from songstep.models.dit import DiTModel
+from songstep.models.text import TextEncoder
+from songstep.models.vae import VAE, load_silence_latent
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
+SILENCE_FILE = "silence_latent.pt"
+
+
+@dataclass
+class Components:
+    dit: DiTModel
+    vae: VAE
+    text: TextEncoder
+    silence: torch.Tensor  # [N, 64] in the DiT dtype, on the DiT device
+    variant: str
+    folders: dict[str, Path]
+    device: torch.device
+    offload: bool = False
+
+    @contextlib.contextmanager
+    def on_device(self, name: str):
+        """With offload on, move one component to the compute device for a stage and back."""
+        module = {"dit": self.dit, "vae": self.vae.model, "text": self.text.model}[name]
+        if not self.offload or self.device.type == "cpu":
+            yield
+            return
+        module.to(self.device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+            torch.cuda.empty_cache()
+
+
+def resolve_folder(model: str | Path, component: str, root: str | Path, offline: bool) -> Path:
+    local = Path(str(model)).expanduser()
+    verify = "none" if local.is_dir() else "size"
+    return hub.resolve(model, component, root=root, offline=offline, verify=verify)
+
+
+def load_components(
+    model: str | Path,
+    *,
+    variant: str = "turbo",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    offload: bool = False,
+    root: str | Path = "checkpoints",
+    offline: bool = False,
+) -> Components:
+    if variant not in VARIANTS:
+        raise InvalidRequest(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or default_dtype(device)
+    folders = {name: resolve_folder(model, name, root, offline) for name in (variant, "vae", "text-encoder")}
+    park = torch.device("cpu") if offload else device
+    dit = load_dit(folders[variant], device=park, dtype=dtype)
+    silence = load_silence_latent(folders[variant] / SILENCE_FILE)[0].to(device=device, dtype=dtype)
+    vae = VAE.from_pretrained(folders["vae"], device=park, dtype=dtype)
+    text = TextEncoder.from_pretrained(folders["text-encoder"], device=park, dtype=dtype)
+    if text.hidden_size != dit.config.text_hidden_dim:
+        raise InvalidRequest(
+            f"text encoder width {text.hidden_size} does not match the DiT's text_hidden_dim "
+            f"{dit.config.text_hidden_dim}"
+        )
+    log.info("loaded %s on %s (%s)%s", variant, device, dtype, ", offloading idle parts" if offload else "")
+    return Components(dit, vae, text, silence, variant, folders, device, offload)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from songstep.constants import (
+    CODE_RATE,
     KEYSCALES,
     LANGUAGES,
     MAX_BPM,
@@ -66,7 +67,11 @@ Ending = Literal["eos", "think_end", "text"]
 
 def _bytes_to_unicode() -> dict[str, int]:
     """GPT-2 byte-level alphabet (printable character → byte), as used by Qwen tokenizers."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     extra = 0
     for b in range(256):
@@ -119,7 +124,7 @@ class GrammarVocab:
     `llguidance.hf.from_tokenizer` serialises the tokenizer to JSON and took ~25 s with the
     65 535 added code tokens, so it is only the fallback for other tokenizer types."""
 
-    lltokenizer: Any
+    lltokenizer: Any  # its vocab_size is the tokenizer's; model rows past it are never allowed
     vocab_size: int  # logits width (the model's vocabulary, ≥ tokenizer size)
     eos_id: int
     think_start_id: int
@@ -131,6 +136,8 @@ class GrammarVocab:
         import llguidance.hf
 
         size = vocab_size or len(tokenizer)
+        if size < len(tokenizer):
+            raise SongstepError(f"model vocabulary {size} is smaller than the tokenizer's {len(tokenizer)}")
         if _is_byte_level(tokenizer):
             wrapper = llguidance.TokenizerWrapper(_ByteLevelTokens(tokenizer))
             lltok = llguidance.LLTokenizer(wrapper, n_vocab=size)
@@ -157,7 +164,11 @@ class MetadataSpec:
     greedy_language: bool = True
 
     def fields(self) -> tuple[str, ...]:
-        skipped = {"caption": self.skip_caption, "language": self.skip_language, "genres": not self.include_genres}
+        skipped = {
+            "caption": self.skip_caption,
+            "language": self.skip_language,
+            "genres": not self.include_genres,
+        }
         return tuple(f for f in FIELD_ORDER if not skipped.get(f, False))
 
     def forced_values(self) -> dict[str, str]:
@@ -201,8 +212,12 @@ def metadata_lark(spec: MetadataSpec, think_start_id: int, think_end_id: int) ->
     """The Lark grammar (llguidance dialect) of one metadata block."""
     forced = spec.forced_values()
     value_rule = {
-        "bpm": '" " BPM', "duration": '" " DURATION', "keyscale": '" " KEYSCALE',
-        "language": '" " LANGUAGE', "timesignature": '" " TIMESIG', "caption": "caption_value",
+        "bpm": '" " BPM',
+        "duration": '" " DURATION',
+        "keyscale": '" " KEYSCALE',
+        "language": '" " LANGUAGE',
+        "timesignature": '" " TIMESIG',
+        "caption": "caption_value",
         "genres": "genres_value",
     }
     parts, rules = [], []
@@ -210,10 +225,12 @@ def metadata_lark(spec: MetadataSpec, think_start_id: int, think_end_id: int) ->
         rule = f"field_{name}"
         parts.append(rule)
         if name in forced:
-            rules.append(f"{rule}: {_lark_string(f'{name}: {forced[name]}')} \"\\n\"")
+            rules.append(f'{rule}: {_lark_string(f"{name}: {forced[name]}")} "\\n"')
         else:
             rules.append(f'{rule}: "{name}:" {value_rule[name]} "\\n"')
-    ending = {"eos": "", "think_end": f" <[{think_end_id}]>", "text": f" <[{think_end_id}]> FREE_TEXT"}[spec.ending]
+    ending = {"eos": "", "think_end": f" <[{think_end_id}]>", "text": f" <[{think_end_id}]> FREE_TEXT"}[
+        spec.ending
+    ]
     lines = [f'start: <[{think_start_id}]> "\\n" {" ".join(parts)}{ending}', *rules]
     lines.append(f"caption_value[max_tokens={spec.caption_max_tokens}]: CAPTION")
     lines.append(f"genres_value[max_tokens={spec.genres_max_tokens}]: GENRES")
@@ -223,9 +240,12 @@ def metadata_lark(spec: MetadataSpec, think_start_id: int, think_end_id: int) ->
 
 
 def bitmask_to_bool(bitmask: np.ndarray, size: int) -> torch.Tensor:
-    """llguidance's packed int32 mask (bit j of word w = token 32·w + j) → bool tensor [size]."""
-    bits = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:size]
-    return torch.from_numpy(bits.astype(bool))
+    """llguidance's packed int32 mask (bit j of word w = token 32·w + j) → bool tensor [size];
+    ids past the mask (model rows beyond the tokenizer) are False."""
+    bits = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:size].astype(bool)
+    if bits.size < size:
+        bits = np.concatenate([bits, np.zeros(size - bits.size, dtype=bool)])
+    return torch.from_numpy(bits)
 
 
 class MetadataConstraint:
@@ -236,11 +256,13 @@ class MetadataConstraint:
 
         self.vocab = vocab
         self.spec = spec or MetadataSpec()
-        grammar = llguidance.LLMatcher.grammar_from_lark(metadata_lark(self.spec, vocab.think_start_id, vocab.think_end_id))
+        grammar = llguidance.LLMatcher.grammar_from_lark(
+            metadata_lark(self.spec, vocab.think_start_id, vocab.think_end_id)
+        )
         self._matcher = llguidance.LLMatcher(vocab.lltokenizer, grammar, log_level=0)
         if self._matcher.is_error():
             raise SongstepError(f"metadata grammar rejected: {self._matcher.get_error()}")
-        self._bitmask = np.full(((vocab.vocab_size + 31) // 32,), -1, dtype=np.int32)
+        self._bitmask = np.full(((vocab.lltokenizer.vocab_size + 31) // 32,), -1, dtype=np.int32)
         self._text = bytearray()
         self._greedy_forced = self.spec.greedy_language and "language" not in self.spec.forced_values()
         self.tokens: list[int] = []
@@ -276,7 +298,9 @@ class MetadataConstraint:
 
     def advance(self, token_id: int) -> None:
         if not self._matcher.consume_token(int(token_id)):
-            raise SongstepError(f"token {token_id} violates the metadata grammar: {self._matcher.get_error()}")
+            raise SongstepError(
+                f"token {token_id} violates the metadata grammar: {self._matcher.get_error()}"
+            )
         self.tokens.append(int(token_id))
         if token_id != self.vocab.eos_id:
             self._text += self.vocab.lltokenizer.decode_bytes([int(token_id)])
@@ -284,6 +308,24 @@ class MetadataConstraint:
     def text(self) -> str:
         """Decoded text generated so far (special tokens included)."""
         return self._text.decode("utf-8", errors="replace")
+
+
+def target_codes(duration: float | None) -> int | None:
+    """`int(duration × 5)` codes for the user's requested duration (spec §5.3; None or ≤ 0: free)."""
+    if duration is None or duration <= 0:
+        return None
+    return int(duration * CODE_RATE)
+
+
+def code_token_cap(
+    duration: float | None, max_duration: float = MAX_DURATION, max_model_len: int = 4096
+) -> int:
+    """New-token cap of the code phase: `int(clamp(d, 10, max)·5) + 10` (spec §5.3, B), at most
+    `max_model_len − 64`; without a duration only the latter."""
+    limit = max_model_len - 64
+    if duration is None or duration <= 0:
+        return limit
+    return min(int(min(max(duration, MIN_DURATION), max_duration) * CODE_RATE) + 10, limit)
 
 
 class CodeConstraint:

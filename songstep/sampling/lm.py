@@ -88,9 +88,7 @@ def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits.float() / temperature, dim=-1)
 
 
-def sample_rows(
-    probs: torch.Tensor, generators: Sequence[torch.Generator | None]
-) -> torch.Tensor:
+def sample_rows(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
     """One multinomial draw per row, each with its own generator ([B] long on probs' device).
     A generator on another device than `probs` samples from a copy on its device."""
     picks = []
@@ -170,7 +168,9 @@ class _Step:
         if self.params.temperature > 0:
             probs = probabilities(filter_logits(logits, self.params, history), self.params.temperature)
             cols = sample_rows(probs, [r.generator for r in self.rows])
-            greedy = [r.constraint is not None and not d and r.constraint.greedy for r, d in zip(self.rows, done)]
+            greedy = [
+                r.constraint is not None and not d and r.constraint.greedy for r, d in zip(self.rows, done)
+            ]
             if any(greedy):
                 cols = torch.where(torch.tensor(greedy, device=cols.device), greedy_cols, cols)
         else:

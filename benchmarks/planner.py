@@ -1,0 +1,235 @@
+"""Planner LM speed: CoT phase + the code phase of a 240 s song (1 200 codes, CFG 2.0).
+
+    python benchmarks/planner.py --tiny                 # CPU, tiny random LM (seconds)
+    python benchmarks/planner.py --config 1.7B          # CUDA, random Qwen3-1.7B-shaped weights, bf16,
+                                                        # static KV cache + torch.compile, code-row head
+    python benchmarks/planner.py --config 0.6B --no-compile --full-head   # baselines
+
+Prints one JSON object: tokens/s and ms/token per phase, and the memory-bandwidth floor of the
+code phase: bytes read per step (weights, with only the code rows + EOS of the head, plus the
+average KV cache) / `--bandwidth` (default 3.35e12 B/s, H100 SXM), and floor / measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from songstep.models.lm import PlannerLM, TransformersBackend, find_audio_codes, head_columns, load_lm
+from songstep.prompts import (
+    build_phase1_prompt,
+    build_phase2_prompt,
+    format_cot,
+    parse_lm_output,
+    render_chat_prompt,
+)
+from songstep.sampling.grammar import CodeConstraint, GrammarVocab, MetadataConstraint, MetadataSpec
+from songstep.sampling.lm import DecodeRow, SamplingParams, decode
+from songstep.testing.tiny_lm import tiny_qwen3_config, write_tiny_lm
+
+# Qwen3 base shapes (hidden, layers, heads, kv heads, intermediate); head_dim 128, tied embeddings.
+SHAPES = {
+    "0.6B": (1024, 28, 16, 8, 3072),
+    "1.7B": (2048, 28, 16, 8, 6144),
+    "4B": (2560, 36, 32, 8, 9728),
+}
+log = logging.getLogger("planner-bench")
+REAL_VOCAB = 217_204  # 151 669 Qwen3 tokens + 65 535 audio-code tokens
+CAPTION = "An upbeat synth-pop track with bright analog pads, punchy drums and a catchy female vocal hook."
+LYRICS = "[Verse]\nNeon lights on the avenue\n[Chorus]\nWe run, we run, into the blue\n"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_full_size_lm(name: str, tokenizer_dir: Path, *, static_cache: bool, compile: bool) -> PlannerLM:
+    """A Qwen3-`name`-shaped model with random bf16 weights on CUDA and the tiny tokenizer."""
+    from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+    hidden, layers, heads, kv, inter = SHAPES[name]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    codes = find_audio_codes(tokenizer)
+    config = tiny_qwen3_config(
+        REAL_VOCAB,
+        codes.eos_id,
+        tokenizer.pad_token_id,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=inter,
+        head_dim=128,
+        max_position_embeddings=40960,
+    )
+    with torch.device("cuda"):
+        model = Qwen3ForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
+    backend = TransformersBackend(model, static_cache=static_cache, compile=compile)
+    return PlannerLM(tokenizer=tokenizer, model=model, backend=backend, codes=codes, path=tokenizer_dir)
+
+
+def run_cot(lm: PlannerLM, vocab: GrammarVocab, caption_tokens: int, seed: int = 0):
+    prompt = lm.encode(render_chat_prompt(lm.tokenizer, build_phase1_prompt(CAPTION, LYRICS)))
+    spec = MetadataSpec(caption_max_tokens=caption_tokens, max_duration=600)
+    gen = torch.Generator(lm.backend.device).manual_seed(seed)
+    row = DecodeRow(prompt, constraint=MetadataConstraint(vocab, spec), generator=gen)
+    start = time.perf_counter()
+    result = decode(
+        lm.backend, [row], SamplingParams(), eos_id=lm.eos_id, pad_id=lm.pad_id, max_new_tokens=1024
+    )[0]
+    _sync(lm.backend.device)
+    seconds = time.perf_counter() - start
+    text = lm.tokenizer.decode(result.tokens)
+    return text, len(result.tokens) + int(result.eos), seconds
+
+
+def run_codes(lm: PlannerLM, cot_text: str, n_codes: int, max_new: int, restricted: bool, seed: int = 0):
+    meta = parse_lm_output(cot_text).metadata()
+    meta["duration"] = 240
+    cot = format_cot(meta)
+    cond = lm.encode(render_chat_prompt(lm.tokenizer, build_phase2_prompt(CAPTION, LYRICS, cot)))
+    uncond = lm.encode(
+        render_chat_prompt(lm.tokenizer, build_phase2_prompt(CAPTION, LYRICS, cot, unconditional=True))
+    )
+    head = lm.codes.head_rows() if restricted else None
+    columns = head_columns(head, lm.backend.vocab_size)
+    code_ids = range(lm.codes.first_id, lm.codes.first_id + lm.codes.valid)
+    constraint = CodeConstraint(code_ids, lm.eos_id, n_codes, columns=columns)
+    gen = torch.Generator(lm.backend.device).manual_seed(seed)
+    row = DecodeRow(cond, uncond_prompt=uncond, constraint=constraint, generator=gen)
+    params = SamplingParams(cfg_scale=2.0)
+    start = time.perf_counter()
+    result = decode(
+        lm.backend, [row], params, eos_id=lm.eos_id, pad_id=lm.pad_id, max_new_tokens=max_new, head=head
+    )[0]
+    _sync(lm.backend.device)
+    seconds = time.perf_counter() - start
+    assert len(result.tokens) == n_codes and result.eos, (len(result.tokens), result.eos)
+    return len(result.tokens) + 1, seconds, len(cond), len(uncond)
+
+
+def bandwidth_floor(lm: PlannerLM, restricted: bool, context: float, rows: int, bandwidth: float) -> dict:
+    """Bytes one code-phase step must read: the weights once (head: code rows + EOS only, or the
+    full vocab; the input embedding table is read one row per token), plus K and V of `context` tokens for each of the `rows` sequences."""
+    cfg = lm.model.config
+    elem = next(lm.model.parameters()).element_size()
+    embed = lm.model.get_input_embeddings().weight
+    body = sum(p.numel() for n, p in lm.model.named_parameters() if p is not embed and "lm_head" not in n)
+    head_rows = (lm.codes.valid + 1) if restricted else cfg.vocab_size
+    weights = (body + head_rows * cfg.hidden_size) * elem
+    kv = rows * context * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * elem
+    return {
+        "weight_bytes_per_step": weights,
+        "kv_bytes_per_step": int(kv),
+        "floor_ms_weights": weights / bandwidth * 1e3,
+        "floor_ms_weights_kv": (weights + kv) / bandwidth * 1e3,
+    }
+
+
+def _phase(tokens: int, seconds: float) -> dict:
+    return {
+        "tokens": tokens,
+        "seconds": round(seconds, 4),
+        "tokens_per_s": round(tokens / seconds, 2),
+        "ms_per_token": round(seconds / tokens * 1e3, 4),
+    }
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny random LM (CPU unless --device)")
+    parser.add_argument(
+        "--device", default="cpu", help="device of the tiny LM (cuda: static cache + compile)"
+    )
+    parser.add_argument("--config", choices=sorted(SHAPES), default="1.7B", help="full-size shape (CUDA)")
+    parser.add_argument("--codes", type=int, default=1200, help="codes to generate (240 s × 5 Hz)")
+    parser.add_argument("--caption-tokens", type=int, default=64, help="caption cap of the CoT phase")
+    parser.add_argument("--bandwidth", type=float, default=3.35e12, help="HBM bytes/s (H100 SXM: 3.35e12)")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-static", action="store_true")
+    parser.add_argument("--full-head", action="store_true", help="code phase over the full vocabulary head")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU intra-op threads (tiny tensors: 1 is fastest)"
+    )
+    return parser.parse_args(argv)
+
+
+def _build(args, folder: Path) -> PlannerLM:
+    if args.tiny:
+        static = False if args.no_static else None
+        return load_lm(
+            folder, device=args.device, static_cache=static, compile=False if args.no_compile else None
+        )
+    if not torch.cuda.is_available():
+        raise SystemExit("full-size configs need CUDA; use --tiny on CPU")
+    return random_full_size_lm(
+        args.config, folder, static_cache=not args.no_static, compile=not args.no_compile
+    )
+
+
+def _measure(args, lm: PlannerLM, restricted: bool) -> dict:
+    """Warm-up (compiles on CUDA), then the timed CoT and code phases."""
+    vocab = GrammarVocab.from_tokenizer(lm.tokenizer, lm.backend.vocab_size)
+    max_new = args.codes + 10
+    start = time.perf_counter()
+    cot_text, _, _ = run_cot(lm, vocab, min(8, args.caption_tokens), seed=1)
+    log.info("CoT warm-up done at %.1f s", time.perf_counter() - start)
+    run_codes(lm, cot_text, min(16, args.codes), max_new, restricted, seed=1)
+    warmup_s = time.perf_counter() - start
+    log.info("code warm-up done at %.1f s", warmup_s)
+    cot_text, cot_tokens, cot_s = run_cot(lm, vocab, args.caption_tokens)
+    log.info("CoT: %d tokens in %.2f s", cot_tokens, cot_s)
+    n, codes_s, cond_len, uncond_len = run_codes(lm, cot_text, args.codes, max_new, restricted)
+    log.info("codes: %d tokens in %.2f s", n, codes_s)
+    context = (cond_len + uncond_len) / 2 + args.codes / 2
+    floor = bandwidth_floor(lm, restricted, context, rows=2, bandwidth=args.bandwidth)
+    codes = _phase(n, codes_s)
+    return {
+        "warmup_s": round(warmup_s, 2),
+        "cot": _phase(cot_tokens, cot_s),
+        "codes": codes,
+        "total_s": round(cot_s + codes_s, 3),
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in floor.items()},
+        "floor_ratio_weights": round(floor["floor_ms_weights"] / codes["ms_per_token"], 4),
+        "floor_ratio_weights_kv": round(floor["floor_ms_weights_kv"] / codes["ms_per_token"], 4),
+    }
+
+
+def main(argv=None) -> dict:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    restricted = not args.full_head
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        lm = _build(args, write_tiny_lm(Path(tmp) / "lm"))
+        load_s = time.perf_counter() - start
+        log.info("model ready in %.1f s", load_s)
+        measured = _measure(args, lm, restricted)
+    report = {
+        "model": "tiny" if args.tiny else f"qwen3-{args.config}-random",
+        "device": torch.cuda.get_device_name() if lm.backend.device.type == "cuda" else "cpu",
+        "dtype": str(lm.model.dtype).replace("torch.", ""),
+        "static_cache": lm.backend.static_cache,
+        "compile": lm.backend.compile,
+        "head": "codes+eos" if restricted else "full",
+        "cfg_scale": 2.0,
+        "load_s": round(load_s, 2),
+        **measured,
+        "bandwidth": args.bandwidth,
+    }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

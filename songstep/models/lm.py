@@ -1,0 +1,369 @@
+"""Adapter over the Qwen3 planner LM (`acestep-5Hz-lm-{0.6B,1.7B,4B}`), spec pipeline.md §1.4, §5.
+
+* `load_lm(path)` loads the folder through transformers (`AutoTokenizer`,
+  `AutoModelForCausalLM`, never remote code; bf16 on CUDA, fp32 on CPU unless asked otherwise)
+  and finds the audio-code token range (`AudioCodeVocab`).
+* `LMBackend` is the small interface the decode loop (`songstep.sampling.lm`) drives:
+  `prefill(ids, mask, max_new_tokens=, head=)` returns a session and the last-position logits;
+  `session.step(tokens)` feeds one token per row and returns the next logits. Rows may be
+  left-padded (CFG cond + uncond in one batch): position ids follow the attention mask.
+  `head` restricts the LM head to some vocabulary rows (`HeadRows`): in the code phase only the
+  64 000 valid code rows + EOS are multiplied, a [rows × hidden] matmul instead of the full vocab.
+* `TransformersBackend` implements it (dynamic KV cache; on CUDA a static cache and
+  `torch.compile` of the one-token step). `VLLMBackend` is a stub (see its docstring).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from songstep.constants import AUDIO_CODE_COUNT, AUDIO_CODE_TOKEN, ENDOFTEXT, THINK_END, THINK_START
+from songstep.errors import CheckpointError, ModelNotFound, SongstepError
+
+logger = logging.getLogger(__name__)
+
+HeadRows = tuple[tuple[int, int], ...]  # half-open [start, stop) vocabulary row ranges, in column order
+MAX_CODE_TOKENS = 65_535  # the official LMs add <|audio_code_0|> … <|audio_code_65534|>
+CACHE_BUCKET = 256  # static-cache lengths are rounded up to this (fewer recompiles)
+
+
+def head_columns(rows: HeadRows | None, vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Token id of every logits column for a (restricted) head; the identity for `None`."""
+    if rows is None:
+        return torch.arange(vocab_size, device=device)
+    return torch.cat([torch.arange(a, b, device=device) for a, b in rows])
+
+
+@dataclass(frozen=True)
+class AudioCodeVocab:
+    """Where the audio-code tokens live: `<|audio_code_i|>` has id `first_id + i`.
+
+    `count` is the number of code tokens in the tokenizer (65 535 in the official LMs), `valid`
+    those that are real FSQ codes (`min(count, 64 000)`)."""
+
+    first_id: int
+    count: int
+    eos_id: int
+
+    @property
+    def valid(self) -> int:
+        return min(self.count, AUDIO_CODE_COUNT)
+
+    def token_id(self, code: int) -> int:
+        return self.first_id + code
+
+    def code(self, token_id: int) -> int:
+        """Code index of a token id (may be ≥ `valid` for the 1 535 unused code tokens)."""
+        return token_id - self.first_id
+
+    def is_code(self, token_id: int) -> bool:
+        return self.first_id <= token_id < self.first_id + self.count
+
+    def head_rows(self) -> HeadRows:
+        """The code phase's head: the valid code rows, then EOS (column `valid`)."""
+        return ((self.first_id, self.first_id + self.valid), (self.eos_id, self.eos_id + 1))
+
+
+def find_audio_codes(tokenizer: Any) -> AudioCodeVocab:
+    """Locate `<|audio_code_0|>` … in `tokenizer` and verify the ids are consecutive.
+
+    Raises `CheckpointError` when there is no code token, the ids are not consecutive, or the
+    tokenizer has no EOS."""
+    vocab = tokenizer.get_vocab()
+    first = vocab.get(AUDIO_CODE_TOKEN.format(0))
+    if first is None:
+        raise CheckpointError(f"tokenizer has no {AUDIO_CODE_TOKEN.format(0)} token: not a 5 Hz LM tokenizer")
+    count = 0
+    while count < MAX_CODE_TOKENS and (tid := vocab.get(AUDIO_CODE_TOKEN.format(count))) is not None:
+        if tid != first + count:
+            raise CheckpointError(
+                f"audio-code token ids are not consecutive: {AUDIO_CODE_TOKEN.format(count)} has id {tid}, "
+                f"expected {first + count}"
+            )
+        count += 1
+    prefix = AUDIO_CODE_TOKEN.split("{")[0]
+    total = sum(1 for token in vocab if token.startswith(prefix))
+    if total != count:
+        raise CheckpointError(f"{total} audio-code tokens but only codes 0..{count - 1} are consecutive")
+    if tokenizer.eos_token_id is None:
+        raise CheckpointError("the LM tokenizer has no eos token")
+    if count < MAX_CODE_TOKENS:
+        logger.info("tokenizer holds %d audio-code tokens (official LMs: %d)", count, MAX_CODE_TOKENS)
+    return AudioCodeVocab(first_id=first, count=count, eos_id=int(tokenizer.eos_token_id))
+
+
+def pad_left(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"):
+    """Left-pad token lists into `(input_ids, attention_mask)` long tensors [B, L]."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise SongstepError("every prompt needs at least one token")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+class LMSession(Protocol):
+    """One generation's KV state. `step` takes one token per row ([B] long) and returns the
+    next float32 logits [B, columns]."""
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+class LMBackend(Protocol):
+    """What the decode loop needs from a planner LM runtime."""
+
+    vocab_size: int
+    device: torch.device
+
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        head: HeadRows | None = None,
+    ) -> tuple[LMSession, torch.Tensor]:
+        """Run the (left-padded) prompts; return a session and float32 logits [B, columns] for
+        the next token. With `head`, columns follow `head_columns(head)`."""
+        ...
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced float32 logits [B, L, vocab] (scoring, spec §7.1)."""
+        ...
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """RoPE positions for left-padded rows: 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class TransformersBackend:
+    """`LMBackend` over a transformers `Qwen3ForCausalLM`.
+
+    `static_cache` (default: on CUDA) preallocates the KV cache (`transformers.StaticCache`,
+    reused across generations of the same batch/length bucket); `compile` (default: on CUDA
+    with a static cache) wraps the one-token decode step in `torch.compile(mode="reduce-overhead")`.
+    A compile failure is logged once and the step falls back to eager. With a static cache only
+    the latest session is live: a new `prefill` reuses the cache and older sessions raise.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, *, static_cache: bool | None = None, compile: bool | None = None
+    ):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.vocab_size = int(model.config.vocab_size)
+        on_cuda = self.device.type == "cuda"
+        self.static_cache = on_cuda if static_cache is None else static_cache
+        self.compile = (on_cuda and self.static_cache) if compile is None else compile
+        if self.compile and not self.static_cache:
+            logger.warning("torch.compile of the LM step needs the static KV cache; compiling off")
+            self.compile = False
+        self._weight = model.get_output_embeddings().weight
+        # transformers ≥ 5.2x names the KV-cache argument `cache` (earlier: `past_key_values`)
+        params = inspect.signature(model.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._cache_key: tuple[int, int] | None = None
+        self._cache: Any = None
+        self._generation = 0  # bumped by every static-cache prefill; older sessions are stale
+        self._step_fn = self._forward_hidden
+        if self.compile:
+            self._step_fn = torch.compile(self._forward_hidden, mode="reduce-overhead", fullgraph=False)
+
+    def _forward_hidden(self, ids, mask, positions, cache):
+        kwargs = {self._cache_kwarg: cache}
+        out = self.model.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs
+        )
+        return out.last_hidden_state[:, -1]
+
+    def head(self, hidden: torch.Tensor, rows: HeadRows | None = None) -> torch.Tensor:
+        """float32 logits of `hidden` [B, H] over all rows, or only over `rows` (views of the
+        weight; no copy)."""
+        if rows is None:
+            return torch.nn.functional.linear(hidden, self._weight).float()
+        parts = [torch.nn.functional.linear(hidden, self._weight[a:b]) for a, b in rows]
+        return torch.cat(parts, dim=-1).float()
+
+    def _new_cache(self, batch: int, max_len: int):
+        from transformers import DynamicCache, StaticCache
+
+        if not self.static_cache:
+            return DynamicCache(config=self.model.config), max_len
+        max_len = -(-max_len // CACHE_BUCKET) * CACHE_BUCKET
+        if self._cache_key != (batch, max_len):
+            self._cache = None  # free the old one first
+            self._cache = StaticCache(config=self.model.config, max_cache_len=max_len)
+            self._cache_key = (batch, max_len)
+        else:
+            self._cache.reset()
+        self._generation += 1
+        return self._cache, max_len
+
+    @torch.inference_mode()
+    def prefill(self, input_ids, attention_mask, *, max_new_tokens, head=None):
+        ids = input_ids.to(self.device)
+        batch, length = ids.shape
+        cache, max_len = self._new_cache(batch, length + max_new_tokens)
+        mask_buf = torch.zeros((batch, max_len), dtype=torch.long, device=self.device)
+        mask_buf[:, :length] = attention_mask.to(self.device)
+        positions = _positions(mask_buf[:, :length])
+        mask = mask_buf if self.static_cache else mask_buf[:, :length]
+        hidden = self._forward_hidden(ids, mask, positions, cache)
+        session = _HFSession(self, cache, mask_buf, positions[:, -1:].clone(), length, head, self._generation)
+        return session, self.head(hidden, head)
+
+    @torch.inference_mode()
+    def logits(self, input_ids, attention_mask=None):
+        ids = input_ids.to(self.device)
+        mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(self.device)
+        out = self.model.model(
+            input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False
+        )
+        return torch.nn.functional.linear(out.last_hidden_state, self._weight).float()
+
+    def _run_step(self, ids, mask, positions, cache):
+        try:
+            return self._step_fn(ids, mask, positions, cache)
+        except Exception as exc:  # torch.compile failures vary by version; eager stays correct
+            if self._step_fn is self._forward_hidden:
+                raise
+            logger.warning("torch.compile of the LM step failed (%s); using eager", exc)
+            self._step_fn = self._forward_hidden
+            return self._forward_hidden(ids, mask, positions, cache)
+
+
+@dataclass
+class _HFSession:
+    backend: TransformersBackend
+    cache: Any
+    mask_buf: torch.Tensor
+    positions: torch.Tensor  # [B, 1] position of the last fed token
+    length: int  # tokens in the cache
+    head_rows: HeadRows | None = None
+    generation: int = 0
+    steps: int = field(default=0)
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.backend.static_cache and self.generation != self.backend._generation:
+            raise SongstepError("this LM session's static KV cache was reused by a later prefill")
+        if self.length >= self.mask_buf.shape[1]:
+            raise SongstepError(f"LM session is full ({self.length} tokens); raise max_new_tokens")
+        ids = tokens.to(self.backend.device, torch.long).view(-1, 1)
+        self.mask_buf[:, self.length] = 1
+        self.positions += 1
+        self.length += 1
+        mask = self.mask_buf if self.backend.static_cache else self.mask_buf[:, : self.length]
+        hidden = self.backend._run_step(ids, mask, self.positions, self.cache)
+        self.steps += 1
+        return self.backend.head(hidden, self.head_rows)
+
+
+class VLLMBackend:
+    """Placeholder for a vLLM runtime (the `[vllm]` extra).
+
+    vLLM runs its own scheduler loop and has no step-wise `prefill`/`step` API with lock-step
+    CFG rows, so this backend is not implemented: constructing it raises `ImportError` (a
+    `MissingExtra`) when vllm is absent and `NotImplementedError` when it is present. Use
+    `TransformersBackend` (static cache + torch.compile on CUDA)."""
+
+    def __init__(self, path: str | Path, **kwargs: Any):
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise MissingExtra("the vLLM backend needs the vllm extra: pip install 'songstep[vllm]'") from exc
+        raise NotImplementedError("the vLLM planner backend is not implemented; use backend='transformers'")
+
+
+class MissingExtra(ImportError, SongstepError):
+    """An optional dependency group is not installed."""
+
+
+@dataclass
+class PlannerLM:
+    """A loaded planner LM: tokenizer, model, backend and the ids the sampler needs."""
+
+    tokenizer: Any
+    model: torch.nn.Module
+    backend: LMBackend
+    codes: AudioCodeVocab
+    path: Path
+
+    @property
+    def eos_id(self) -> int:
+        return self.codes.eos_id
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else int(self.tokenizer.convert_tokens_to_ids(ENDOFTEXT))
+
+    @property
+    def think_ids(self) -> tuple[int, int]:
+        return tuple(int(self.tokenizer.convert_tokens_to_ids(t)) for t in (THINK_START, THINK_END))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt (no BOS/EOS added)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+def default_device_dtype(device: str | torch.device | None, dtype: torch.dtype | None):
+    dev = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    return dev, dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+
+
+def load_lm(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    backend: str = "transformers",
+    static_cache: bool | None = None,
+    compile: bool | None = None,
+) -> PlannerLM:
+    """Load an `acestep-5Hz-lm-*` folder (or `write_tiny_lm` output).
+
+    Raises `ModelNotFound` for a missing folder, `CheckpointError` for an unusable one,
+    `MissingExtra` for `backend="vllm"` without vllm."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = Path(path)
+    if not (root / "config.json").is_file():
+        raise ModelNotFound(f"no LM checkpoint at {root} (config.json missing)")
+    if backend == "vllm":
+        VLLMBackend(root)
+    if backend != "transformers":
+        raise CheckpointError(f"unknown LM backend {backend!r} (use 'transformers' or 'vllm')")
+    dev, dt = default_device_dtype(device, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(root, dtype=dt, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot load the LM at {root}: {exc}") from exc
+    if getattr(model.config, "model_type", "") != "qwen3":
+        logger.warning("LM at %s is %r, expected a qwen3 model", root, model.config.model_type)
+    codes = find_audio_codes(tokenizer)
+    if model.config.vocab_size < codes.first_id + codes.count:
+        raise CheckpointError(
+            f"model vocab {model.config.vocab_size} is smaller than the tokenizer's audio codes "
+            f"(up to id {codes.first_id + codes.count - 1})"
+        )
+    model = model.to(dev).eval()
+    lm_backend = TransformersBackend(model, static_cache=static_cache, compile=compile)
+    logger.info("loaded LM %s on %s (%s), codes at ids %d..", root.name, dev, dt, codes.first_id)
+    return PlannerLM(tokenizer=tokenizer, model=model, backend=lm_backend, codes=codes, path=root)

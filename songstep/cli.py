@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "ACE-Step/Ace-Step1.5"
-TASK_COMMANDS = ("generate", "cover", "repaint", "add-layer", "extract", "complete")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -55,37 +54,52 @@ def _common(p: argparse.ArgumentParser) -> None:
     o.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# command → (task row name, help, extra flags). Flags write straight into GenerationRequest fields.
+def _tracks(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+_SOURCE = (("--source",), dict(dest="source_audio", required=True, help="source audio file"))
+_WINDOW = (
+    (("--start",), dict(dest="repaint_start", type=float, default=0.0, help="window start, seconds (negative extends)")),
+    (("--end",), dict(dest="repaint_end", type=float, default=None, help="window end, seconds (default: end of source)")),
+)
+COMMANDS: dict[str, tuple[str, str, tuple]] = {
+    "generate": ("text2music", "a new song from a caption (and lyrics)", ()),
+    "cover": ("cover", "restyle a source song", (
+        _SOURCE,
+        (("--strength",), dict(type=float, default=1.0, help="0–1 share of steps that follow the source")),
+        (("--noise-strength",), dict(dest="cover_noise_strength", type=float, default=0.0, help="0–1: start closer to the source")),
+    )),
+    "repaint": ("repaint", "regenerate a time window of a source (negative start / end past it extends)", (
+        _SOURCE,
+        (("--start",), dict(dest="repaint_start", type=float, required=True, help="window start, seconds")),
+        _WINDOW[1],
+        (("--repaint-strength",), dict(type=float, default=0.5, help="0 keeps the source most, 1 least")),
+    )),
+    "add-layer": ("lego", "add one instrument track to a source (base model)", (
+        _SOURCE, (("--track",), dict(dest="tracks", type=_tracks, required=True, help="e.g. guitar")), *_WINDOW,
+    )),
+    "extract": ("extract", "isolate one track of a source (base model)", (
+        _SOURCE, (("--track",), dict(dest="tracks", type=_tracks, required=True, help="e.g. vocals")),
+    )),
+    "complete": ("complete", "write the accompaniment for a single track (base model)", (
+        _SOURCE, (("--tracks",), dict(type=_tracks, required=True, help="comma-separated, e.g. drums,bass")),
+    )),
+}
+TASK_COMMANDS = tuple(COMMANDS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="songstep", description="ACE-Step 1.5 music generation")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
-    helps = {
-        "generate": "a new song from a caption (and lyrics)",
-        "cover": "restyle a source song",
-        "repaint": "regenerate a time window of a source (negative start / end past it extends)",
-        "add-layer": "add one instrument track to a source (base model)",
-        "extract": "isolate one track of a source (base model)",
-        "complete": "write the accompaniment for a single track (base model)",
-    }
-    for name in TASK_COMMANDS:
-        p = sub.add_parser(name, help=helps[name])
+    for name, (task, help_text, flags) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
         _common(p)
-        if name != "generate":
-            p.add_argument("--source", required=True, help="source audio file")
-        if name == "cover":
-            p.add_argument("--strength", type=float, default=1.0, help="0–1 share of steps that follow the source")
-            p.add_argument("--noise-strength", type=float, default=0.0, help="0–1: start closer to the source")
-        if name == "repaint":
-            p.add_argument("--start", type=float, required=True)
-            p.add_argument("--end", type=float, default=None, help="default: end of the source")
-            p.add_argument("--repaint-strength", type=float, default=0.5, help="0 keeps the source most, 1 least")
-        if name in ("add-layer", "extract"):
-            p.add_argument("--track", required=True)
-        if name == "add-layer":
-            p.add_argument("--start", type=float, default=0.0)
-            p.add_argument("--end", type=float, default=None)
-        if name == "complete":
-            p.add_argument("--tracks", required=True, help="comma-separated, e.g. drums,bass,guitar")
+        for flag_names, options in flags:
+            p.add_argument(*flag_names, **options)
+        p.set_defaults(task=task)
     d = sub.add_parser("download", help="download official checkpoints")
     d.add_argument("components", nargs="*", default=None, help="default: turbo vae text-encoder lm-1.7B")
     d.add_argument("--root", default="checkpoints")
@@ -97,30 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    lyrics = args.lyrics
+    from dataclasses import fields
+
+    from songstep.config import GenerationRequest
+
+    kw = {f.name: getattr(args, f.name) for f in fields(GenerationRequest) if hasattr(args, f.name)}
     if args.lyrics_file is not None:
-        lyrics = args.lyrics_file.read_text(encoding="utf-8")
-    kw: dict[str, Any] = dict(
-        caption=args.caption, lyrics=lyrics or "", instrumental=args.instrumental, duration=args.duration,
-        bpm=args.bpm, keyscale=args.keyscale, timesignature=args.timesignature, language=args.language,
-        reference_audio=args.reference_audio, seed=args.seed, batch=args.batch, steps=args.steps,
-        shift=args.shift, guidance=args.guidance, solver=args.solver, method=args.method, dcw=args.dcw,
-    )
-    command = args.command
-    if command != "generate":
-        kw["source_audio"] = args.source
-    if command == "cover":
-        kw.update(task="cover", strength=args.strength, cover_noise_strength=args.noise_strength)
-    elif command == "repaint":
-        kw.update(task="repaint", repaint_start=args.start, repaint_end=args.end, repaint_strength=args.repaint_strength)
-    elif command == "add-layer":
-        kw.update(task="lego", tracks=(args.track,), repaint_start=args.start, repaint_end=args.end)
-    elif command == "extract":
-        kw.update(task="extract", tracks=(args.track,))
-    elif command == "complete":
-        kw.update(task="complete", tracks=tuple(t for t in args.tracks.split(",") if t.strip()))
-    else:
-        kw.update(task="text2music")
+        kw["lyrics"] = args.lyrics_file.read_text(encoding="utf-8")
+    kw["lyrics"] = kw.get("lyrics") or ""
     return kw
 
 
@@ -155,9 +153,10 @@ def run_task(args: argparse.Namespace) -> int:
     from songstep import audio
     from songstep.config import GenerationRequest
     from songstep.pipeline import Pipeline
+    from songstep.tasks import get_task
 
     kw = _request_kwargs(args)
-    variant = args.variant or ("base" if kw["task"] in ("lego", "extract", "complete") else "turbo")
+    variant = args.variant or ("base" if get_task(kw["task"]).needs_turbo_off else "turbo")
     pipe = Pipeline.from_pretrained(args.model, variant=variant, device=args.device, offload=args.offload, root=args.root, offline=args.offline)
     progress, close = _progress_bar(args.quiet)
     try:
@@ -212,9 +211,26 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_libraries(verbose: int) -> None:
+    """The command draws its own progress bars: silence the libraries' loading bars and
+    deprecation chatter unless -v is given."""
+    if verbose:
+        return
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries(args.verbose)
     from songstep.errors import InvalidAudio, InvalidRequest, SongstepError
 
     handlers = {"download": run_download, "info": run_info}

@@ -11,6 +11,11 @@ before anything in the session runs a matrix product. It is a test setting, not 
 import os
 
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+# One compute thread per test process (subprocesses such as the CLI test inherit it): the tiny
+# models are too small to gain from threads, and on a busy 2-core box OpenMP's spinning threads
+# made them up to 100x slower. Results do not depend on it (MKL_CBWR pins the GEMM path).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -23,3 +28,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory):
+    """A complete tiny random checkpoint tree in the official layout (written once per session)."""
+    from songstep.testing.tiny import write_tiny_tree
+
+    return write_tiny_tree(tmp_path_factory.mktemp("checkpoints") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def source_wav(tmp_path_factory):
+    """A 4 s stereo 48 kHz test song: two tones and a little noise, written with soundfile.
+    (Short on purpose: even the tiny VAE's encoder runs 128 channels at the full sample rate.)"""
+    import numpy as np
+    import soundfile as sf
+
+    sr, seconds = 48000, 4.0
+    t = np.arange(int(sr * seconds)) / sr
+    rng = np.random.default_rng(0)
+    left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(t.size)
+    right = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.02 * rng.standard_normal(t.size)
+    path = tmp_path_factory.mktemp("audio") / "source.wav"
+    sf.write(path, np.stack([left, right], axis=1).astype(np.float32), sr, subtype="FLOAT")
+    return path

@@ -164,6 +164,7 @@ class Pipeline:
         seeds = _seeds(request, generator)
         prep = prepare(c, request, spec, seeds)
         timings["prepare"] = time.perf_counter() - start
+        timings.update(prep.timings)
         latents = self._sample(prep, request, generator, progress, timings)
         wave = self._decode(prep, latents, timings, progress)
         keep_level = prep.repaint is not None

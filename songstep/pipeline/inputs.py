@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -57,6 +58,7 @@ class Prepared:
     source_wave: torch.Tensor | None  # [2, S] after extension padding, for the waveform splice
     wave_crossfade: float
     prompts: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def load_wave(source) -> torch.Tensor:
@@ -165,7 +167,9 @@ def prepare(c: Components, request: GenerationRequest, spec: TaskSpec, seeds: li
     silence = c.silence if c.silence.shape[0] >= t else c.silence.repeat(-(-t // c.silence.shape[0]), 1)
     src_rows = [source_latents(plan, None if src is None else src[b], silence) for b in range(batch)]
     src_latents = torch.stack(src_rows)
+    t_text = time.perf_counter()
     text_h, text_m, lyr_h, lyr_m, non_cover, texts = _texts(c, request, spec, plan, batch)
+    timings = {"text": time.perf_counter() - t_text}
     refer = _reference(c, request.reference_audio, seeds, gens_vae)
     inputs = DiTInputs(
         text_hidden_states=text_h,
@@ -187,4 +191,4 @@ def prepare(c: Components, request: GenerationRequest, spec: TaskSpec, seeds: li
         clean = torch.stack([source_latents(whole, src[b], silence) for b in range(batch)])
         repaint = Repaint(window_mask(plan)[None].expand(batch, -1).to(src_latents.device), clean)
         crossfade = settings.wave_crossfade_seconds
-    return Prepared(spec, plan, seeds, inputs, non_cover, repaint, wave, crossfade, texts)
+    return Prepared(spec, plan, seeds, inputs, non_cover, repaint, wave, crossfade, texts, timings)

@@ -5,7 +5,7 @@ y = x_before − v·t, band by band, with a single-level Haar DWT along time (ze
 length and trimmed back), computed in fp32:
     low' = low(x) + λ_low·(low(x) − low(y)),  high' = high(x) + λ_high·(high(x) − high(y)).
 Modes: "double" (λ_low = t·scaler, λ_high = (1 − t)·high_scaler), "low" (t·scaler on low only),
-"high" ((1 − t)·scaler on high only), "pix" (x + t·scaler·(x − y), no wavelets).
+"high" ((1 − t)·scaler on high only), "pix" (x + scaler·(x − y), no wavelets, no t factor).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class DCWOptions:
             return t * self.scaler, 0.0
         if self.mode == "high":
             return 0.0, (1.0 - t) * self.scaler
-        return t * self.scaler, 0.0
+        return self.scaler, 0.0  # pix: the raw scaler
 
 
 def haar_dwt(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -89,11 +89,6 @@ def test_pix_mode_uses_no_wavelets_at_t_one() -> None:
     torch.testing.assert_close(out, x + 0.3 * (x - y), atol=1e-6, rtol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pix mode scales by t (x + t·scaler·(x − y)); spec §9.9 and upstream's DCWCorrector use the raw "
-    "scaler with no t modulation: x + scaler·(x − y)",
-)
 @pytest.mark.parametrize("t", [0.0, 0.5])
 def test_pix_mode_uses_the_raw_scaler(t: float) -> None:
     x, y = _xy(3, 9)

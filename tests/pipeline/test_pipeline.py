@@ -1,0 +1,112 @@
+"""The Python API end to end on a tiny random checkpoint tree (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from songstep.audio import load_audio
+from songstep.constants import HOP_LENGTH, SAMPLE_RATE
+from songstep.errors import InvalidRequest
+from songstep.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def turbo(tiny_tree):
+    return Pipeline.from_pretrained(tiny_tree, variant="turbo", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def base(tiny_tree):
+    return Pipeline.from_pretrained(tiny_tree, variant="base", device="cpu")
+
+
+def test_generate_shapes_seeds_and_params(turbo) -> None:
+    r = turbo.generate("lofi hip hop", "[Instrumental]", duration=12.34, seed=5, batch=2)
+    frames = int(12.3 * SAMPLE_RATE) // HOP_LENGTH
+    assert r.audio.shape == (2, 2, frames * HOP_LENGTH) and r.sample_rate == 48000
+    assert r.seeds == [5, 6]
+    assert r.params["frames"] == frames and r.params["model"] == "turbo"
+    assert r.params["sampler"]["steps"] == 8 and r.params["sampler"]["shift"] == 3.0
+    assert {"prepare", "text", "dit", "vae", "total"} <= set(r.timings)
+    peaks = r.audio.abs().amax(dim=(1, 2))
+    torch.testing.assert_close(peaks, torch.full((2,), 10 ** (-1 / 20)), atol=1e-4, rtol=0)
+
+
+def test_same_seed_same_audio_and_items_reproducible_alone(turbo) -> None:
+    a = turbo.generate("lofi", duration=10, seed=11, batch=2)
+    b = turbo.generate("lofi", duration=10, seed=11, batch=2)
+    c = turbo.generate("lofi", duration=10, seed=12)
+    d = turbo.generate("lofi", duration=10, seed=13)
+    assert torch.equal(a.audio, b.audio)
+    torch.testing.assert_close(a.audio[1], c.audio[0], atol=1e-4, rtol=0)  # item 1 of seed 11 = seed 12 alone
+    assert (c.audio - d.audio).abs().max() > 1e-3
+
+
+def test_generator_argument(turbo) -> None:
+    g1 = torch.Generator().manual_seed(42)
+    g2 = torch.Generator().manual_seed(42)
+    a = turbo.generate("lofi", duration=10, generator=g1)
+    b = turbo.generate("lofi", duration=10, seed=42)
+    assert a.seeds == [42]
+    assert torch.equal(a.audio, b.audio)
+    with pytest.raises(InvalidRequest, match="2 generators for a batch of 1"):
+        turbo.generate("lofi", duration=10, generator=[g1, g2])
+
+
+def test_progress_callback(turbo) -> None:
+    seen = []
+    turbo.generate("lofi", duration=10, seed=1, steps=4, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert [s for s in seen if s[0] == "dit"] == [("dit", i, 4) for i in range(1, 5)]
+    assert ("vae", 1, 1) in seen
+
+
+def test_cover_reference_and_strength(turbo, source_wav) -> None:
+    r1 = turbo.cover(source_wav, "jazz", strength=0.5, seed=3, reference_audio=source_wav)
+    r2 = turbo.cover(source_wav, "jazz", strength=0.5, seed=3, reference_audio=source_wav)
+    assert torch.equal(r1.audio, r2.audio)
+    assert r1.audio.shape[-1] == (4 * SAMPLE_RATE // HOP_LENGTH) * HOP_LENGTH
+    assert r1.params["instruction"].startswith("Generate audio semantic tokens")
+
+
+def test_repaint_extension_keeps_the_source_outside_the_window(turbo, source_wav) -> None:
+    src = load_audio(source_wav)
+    r = turbo.repaint(source_wav, start=-1.0, end=2.0, caption="piano", seed=1)
+    frames = (src.shape[1] + 1 * SAMPLE_RATE) // HOP_LENGTH
+    assert r.audio.shape[-1] == frames * HOP_LENGTH  # longer by the 1 s extension, to the frame
+    out = r.audio[0]
+    crossfade = int(round(0.05 * 0.5 * SAMPLE_RATE))
+    start_kept = (3 * SAMPLE_RATE // HOP_LENGTH) * HOP_LENGTH + crossfade  # window end: 2 s + 1 s pad
+    kept_out = out[:, start_kept:]
+    kept_src = src[:, start_kept - SAMPLE_RATE : start_kept - SAMPLE_RATE + kept_out.shape[1]]
+    torch.testing.assert_close(kept_out, kept_src, atol=1e-6, rtol=0)
+    assert (out[:, :SAMPLE_RATE]).abs().max() > 1e-4  # the extension was generated, not silence
+
+
+def test_repaint_end_past_source_extends_right(turbo, source_wav) -> None:
+    r = turbo.repaint(source_wav, start=2.0, end=6.0, seed=2)
+    assert r.audio.shape[-1] == (6 * SAMPLE_RATE // HOP_LENGTH) * HOP_LENGTH
+
+
+@pytest.mark.parametrize("method,kwargs", [
+    ("add_layer", dict(track="guitar")),
+    ("extract", dict(track="vocals")),
+    ("complete", dict(tracks=["drums", "bass"])),
+])
+def test_base_only_tasks(base, turbo, source_wav, method, kwargs) -> None:
+    r = getattr(base, method)(source_wav, seed=4, steps=3, **kwargs)
+    assert r.audio.shape == (1, 2, (4 * SAMPLE_RATE // HOP_LENGTH) * HOP_LENGTH)
+    assert torch.isfinite(r.audio).all()
+    with pytest.raises(InvalidRequest, match="needs a base or sft model"):
+        getattr(turbo, method)(source_wav, seed=4, **kwargs)
+
+
+def test_bad_inputs_raise_before_work(turbo, tmp_path) -> None:
+    with pytest.raises(InvalidRequest, match="duration is required"):
+        turbo.generate("no length")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    from songstep.errors import InvalidAudio
+
+    with pytest.raises(InvalidAudio):
+        turbo.cover(bad, "x", seed=1)

@@ -86,6 +86,23 @@ def run(args, model, batch, backend, device, dtype):
     }
 
 
+def compare_backends(args, model, device, dtype) -> dict:
+    """Max |Δ| of one decoder forward between the chosen attention backends (same inputs)."""
+    g = torch.Generator(device=device).manual_seed(2)
+    x = torch.randn(1, args.frames, 64, generator=g, device=device, dtype=dtype)
+    ctx = torch.randn(1, args.frames, 128, generator=g, device=device, dtype=dtype)
+    enc = torch.randn(1, args.enc_tokens, model.config.enc_hidden, generator=g, device=device, dtype=dtype)
+    t = torch.full((1,), 0.75, device=device, dtype=dtype)
+    outs = {}
+    for backend in args.attention:
+        attention.set_backend(backend)
+        with torch.no_grad():
+            outs[backend] = model.decoder(x, t, t, enc, ctx).float()
+    ref = outs[args.attention[0]]
+    return {"compare": args.attention, "max_abs_diff": {k: float((v - ref).abs().max()) for k, v in outs.items()},
+            "ref_abs_max": float(ref.abs().max())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny config on CPU in fp32")
@@ -107,6 +124,8 @@ def main() -> None:
             raise SystemExit("full size needs CUDA; use --tiny on CPU")
         device, dtype, cfg = torch.device(args.device), torch.bfloat16, preset(args.variant)
     model = random_model(cfg, device, dtype)
+    if len(args.attention) > 1:
+        print(json.dumps(compare_backends(args, model, device, dtype)), flush=True)
     for batch in args.batch:
         for backend in args.attention:
             print(json.dumps(run(args, model, batch, backend, device, dtype)), flush=True)

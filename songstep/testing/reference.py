@@ -1,6 +1,7 @@
 """The contract between songstep and the reference data in `tests/fixtures/reference/`.
 
-`run_case(golden_dir, case)` runs one case of `golden_dir/index.json` with songstep's code, using
+`run_prompt_case(case_input)` (defined in `prompt_cases.py`) returns the prompt fields of one
+`prompts.json` case. `run_case(golden_dir, case)` runs one case of `golden_dir/index.json` with songstep's code, using
 only the index entry and the case's `in.*` tensors, and returns every `out.*` tensor the case
 declares (and `traj.*` where cheap). Nothing here is keyed to a case's name, seed or shape: the kind
 of a case is read from its recorded call (or, failing that, from the tensors it declares).
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 
 from songstep.loading.checkpoint import load_dit
 from songstep.models.dit import DiTModel
+from songstep.testing.prompt_cases import run_prompt_case  # noqa: F401  (the contract's prompt half)
 from songstep.testing.reference_sampling import run_flowedit_case as _run_flowedit
 from songstep.testing.reference_sampling import run_generate_case as _run_generate
 

@@ -180,7 +180,9 @@ def sample(
                 x, v = _heun_step(state, velocity, x, v, t, t_next, dt, branch)
             else:
                 x = x - v * dt
-            t_after = t_next
+            # upstream's CFG loop injects with the 0-d model-dtype tensor t_next (so 1 − t rounds
+            # in that dtype); turbo uses the Python float
+            t_after = t_next if schedule.turbo else torch.tensor(t_next, dtype=noise.dtype, device=noise.device)
         x = apply_dcw(x, x_before - v_pre * t, t, options.dcw)
         state.prev_v = v
         if repaint is not None and t_after is not None and i < cutoff:

@@ -33,23 +33,26 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of an official-layout DiT folder, in index order."""
-    single, index = folder / WEIGHTS_NAME, folder / INDEX_NAME
+def weight_files(folder: Path, weights_name: str = WEIGHTS_NAME, index_name: str = INDEX_NAME) -> list[Path]:
+    """The safetensors files of a folder, in index order: one `weights_name` file, or the shards
+    that `index_name` lists (each must exist)."""
+    single, index = folder / weights_name, folder / index_name
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            names = list(dict.fromkeys(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: unreadable shard index ({e})") from e
-        names = list(dict.fromkeys(weight_map.values()))
-        files = [folder / n for n in names]
+        if not names:
+            raise CheckpointError(f"{index}: empty weight_map")
+        files = [folder / str(n) for n in names]
         for f in files:
             if not f.is_file():
                 raise CheckpointError(f"{index}: shard {f.name} listed but missing")
         return files
     if single.is_file():
         return [single]
-    raise CheckpointError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME}")
+    raise CheckpointError(f"{folder}: no {weights_name} or {index_name}")
 
 
 def read_tensors(

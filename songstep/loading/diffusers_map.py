@@ -36,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 
 from songstep.config import DiTConfig
 from songstep.errors import CheckpointError
+from songstep.loading.checkpoint import weight_files
 
 log = logging.getLogger(__name__)
 
@@ -361,21 +362,13 @@ def config_from_components(loaded: dict[Component, _Loaded]) -> DiTConfig:
 # --------------------------------------------------------------------------------------------
 def component_files(folder: Path) -> list[Path]:
     """The safetensors files of one component folder, in index order."""
-    single, index = folder / WEIGHTS_NAME, folder / INDEX_NAME
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index}: no weight_map")
-        files = [folder / str(n) for n in dict.fromkeys(weight_map.values())]
-        for f in files:
-            if not f.is_file():
-                raise CheckpointError(f"{index}: shard {f.name} listed but missing")
-        return files
-    if single.is_file():
-        return [single]
-    found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*"))
-    hint = f" (found {', '.join(found)}; pickled .bin and variant files are not read)" if found else ""
-    raise CheckpointError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME}{hint}")
+    try:
+        return weight_files(folder, WEIGHTS_NAME, INDEX_NAME)
+    except CheckpointError as e:
+        found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*"))
+        if not found or (folder / INDEX_NAME).is_file():
+            raise
+        raise CheckpointError(f"{e} (found {', '.join(found)}; pickled .bin and variant files are not read)") from None
 
 
 def _config_class(path: Path) -> str | None:

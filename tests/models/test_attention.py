@@ -9,15 +9,7 @@ import torch
 import songstep.models.attention as attention
 from songstep.config import preset
 from songstep.testing.tiny import tiny_dit
-
-
-def _eager(q, k, v, mask):
-    g = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        s = s.masked_fill(~mask.dense, torch.finfo(s.dtype).min)
-    return s.float().softmax(-1).to(q.dtype) @ v
+from tests.testing.test_reference_general import eager_attend as _eager
 
 
 def _inputs(model, t=61, seed=0, device="cpu", dtype=torch.float32):

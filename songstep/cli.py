@@ -18,14 +18,19 @@ from typing import Any
 DEFAULT_MODEL = "ACE-Step/Ace-Step1.5"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _model_flags(p: argparse.ArgumentParser, *, dit: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help="checkpoints directory or hub repo (default: %(default)s)")
-    g.add_argument("--variant", default=None, help="turbo | base | sft | xl-turbo | xl-base | xl-sft (default: turbo; base for add-layer/extract/complete)")
+    if dit:
+        g.add_argument("--variant", default=None, help="turbo | base | sft | xl-turbo | xl-base | xl-sft (default: turbo; base for add-layer/extract/complete)")
     g.add_argument("--device", default=None, help="cuda | cpu | cuda:1 … (default: cuda when available)")
     g.add_argument("--root", default="checkpoints", help="where hub downloads go (default: %(default)s)")
     g.add_argument("--offline", action="store_true", help="never touch the network")
-    g.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None, help="keep idle parts on the CPU (default: by GPU tier)")
+    if dit:
+        g.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None, help="keep idle parts on the CPU (default: by GPU tier)")
+
+
+def _song_flags(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("song")
     s.add_argument("--caption", default="", help="style description")
     s.add_argument("--lyrics", default=None)
@@ -37,6 +42,28 @@ def _common(p: argparse.ArgumentParser) -> None:
     s.add_argument("--time-signature", dest="timesignature", default=None, help="2, 3, 4 or 6")
     s.add_argument("--language", default="unknown", help="vocal language code, e.g. en")
     s.add_argument("--reference", dest="reference_audio", default=None, help="reference audio for timbre")
+
+
+def _lm_flags(p: argparse.ArgumentParser, *, lm_default: str | None, thinking: bool = True) -> None:
+    """The planner LM: which one, and how it samples (spec pipeline.md §8.2 defaults)."""
+    g = p.add_argument_group("planner LM")
+    default = "auto: by GPU tier, none on CPU" if lm_default is None else "auto: by GPU tier, else 1.7B"
+    g.add_argument("--lm", default=lm_default, help=f"auto | none | 0.6B | 1.7B | 4B | LM folder (default: {default})")
+    if thinking:
+        g.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                       help="let the LM write audio codes for the DiT (default: on when an LM is loaded)")
+        g.add_argument("--no-caption-rewrite", dest="use_cot_caption", action="store_false",
+                       help="keep the caption instead of the LM's")
+        g.add_argument("--lm-cfg", dest="lm_cfg_scale", type=float, default=2.0, help="LM CFG scale, codes phase (default: %(default)s)")
+    g.add_argument("--lm-temperature", type=float, default=0.85)
+    g.add_argument("--lm-top-p", type=float, default=0.9)
+    g.add_argument("--lm-top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="cap on the LM's free-text tokens (default: 4032)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _model_flags(p)
+    _song_flags(p)
     r = p.add_argument_group("sampling")
     r.add_argument("--seed", type=int, default=None, help="items get seed, seed+1, …")
     r.add_argument("--batch", type=int, default=1)
@@ -65,7 +92,7 @@ _WINDOW = (
     (("--end",), dict(dest="repaint_end", type=float, default=None, help="window end, seconds (default: end of source)")),
 )
 COMMANDS: dict[str, tuple[str, str, tuple]] = {
-    "generate": ("text2music", "a new song from a caption (and lyrics)", ()),
+    "generate": ("text2music", "a new song from a caption (and lyrics); a planner LM can write its plan", ()),
     "cover": ("cover", "restyle a source song", (
         _SOURCE,
         (("--strength",), dict(type=float, default=1.0, help="0–1 share of steps that follow the source")),
@@ -90,7 +117,31 @@ COMMANDS: dict[str, tuple[str, str, tuple]] = {
 TASK_COMMANDS = tuple(COMMANDS)
 
 
+def _planner_parsers(sub) -> None:
+    """`plan`, `create-sample` and `understand`: the planner LM alone; each prints JSON."""
+    p = sub.add_parser("plan", help="plan a song with the LM (metadata + audio codes) and print it as JSON")
+    _model_flags(p, dit=False)
+    _song_flags(p)
+    p.add_argument("--seed", type=int, default=None, help="items get seed, seed+1, …")
+    p.add_argument("--batch", type=int, default=1, help="plans to make (printed as a list when > 1)")
+    _lm_flags(p, lm_default="auto")
+    c = sub.add_parser("create-sample", help="simple mode: one sentence → caption, lyrics and metadata (JSON)")
+    c.add_argument("description")
+    _model_flags(c, dit=False)
+    c.add_argument("--instrumental", action="store_true")
+    c.add_argument("--language", default=None, help="vocal language code to use, e.g. en")
+    c.add_argument("--seed", type=int, default=None)
+    _lm_flags(c, lm_default="auto", thinking=False)
+    u = sub.add_parser("understand", help="describe a song (audio file, or a .txt of audio codes) as JSON")
+    u.add_argument("file", type=Path)
+    _model_flags(u)
+    u.add_argument("--seed", type=int, default=None, help="also samples the VAE posterior (default: its mean)")
+    _lm_flags(u, lm_default="auto", thinking=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from songstep.tasks import get_task
+
     parser = argparse.ArgumentParser(prog="songstep", description="ACE-Step 1.5 music generation")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         for flag_names, options in flags:
             p.add_argument(*flag_names, **options)
+        if not get_task(task).needs_source:  # the planner LM only plans songs without source audio
+            _lm_flags(p, lm_default=None)
         p.set_defaults(task=task)
+    _planner_parsers(sub)
     d = sub.add_parser("download", help="download official checkpoints")
     d.add_argument("components", nargs="*", default=None, help="default: turbo vae text-encoder lm-1.7B")
     d.add_argument("--root", default="checkpoints")
@@ -130,7 +184,7 @@ def _progress_bar(quiet: bool):
     bars: dict[str, Any] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        label = {"dit": "diffusion", "vae": "decoding"}.get(stage, stage)
+        label = {"dit": "diffusion", "vae": "decoding", "lm": "planning"}.get(stage, stage)
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc=label, unit="step", file=sys.stderr, leave=False)
@@ -149,6 +203,46 @@ def _stem(params: dict[str, Any], seed: int) -> str:
     return f"{params['task']}-{seed}-{digest}"
 
 
+def _device(args: argparse.Namespace) -> str:
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _lm_choice(args: argparse.Namespace) -> str:
+    """The `lm=` of the pipeline: none for commands without LM flags; `--lm` when given; with an
+    explicit `--thinking` on a tier without a default LM, the bundle's 1.7B; else auto."""
+    if not hasattr(args, "lm"):
+        return "none"
+    if args.lm:
+        return args.lm
+    if getattr(args, "thinking", None):
+        from songstep.pipeline.tiers import detect_tier
+
+        return "auto" if detect_tier(_device(args)).lm else "1.7B"
+    return "auto"
+
+
+def _plan_options(args: argparse.Namespace):
+    if not hasattr(args, "lm_temperature"):
+        return None
+    from songstep.planner import PlanOptions
+
+    extra = {"cfg_scale": args.lm_cfg_scale, "use_cot_caption": args.use_cot_caption} if hasattr(args, "lm_cfg_scale") else {}
+    return PlanOptions(temperature=args.lm_temperature, top_p=args.lm_top_p, top_k=args.lm_top_k, **extra)
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(temperature=args.lm_temperature, top_p=args.lm_top_p, top_k=args.lm_top_k, max_new_tokens=args.max_new_tokens)
+
+
+def _item_params(result, i: int) -> dict[str, Any]:
+    """Take i's parameters: the batch's, with a planned take's own fields (seed, metas, codes)."""
+    items = result.params.get("items") or []
+    base = {k: v for k, v in result.params.items() if k != "items"}
+    return {**base, **(items[i] if i < len(items) else {})}
+
+
 def run_task(args: argparse.Namespace) -> int:
     from songstep import audio
     from songstep.config import GenerationRequest
@@ -157,21 +251,91 @@ def run_task(args: argparse.Namespace) -> int:
 
     kw = _request_kwargs(args)
     variant = args.variant or ("base" if get_task(kw["task"]).needs_turbo_off else "turbo")
-    pipe = Pipeline.from_pretrained(args.model, variant=variant, device=args.device, offload=args.offload, root=args.root, offline=args.offline)
+    pipe = Pipeline.from_pretrained(args.model, variant=variant, device=args.device, offload=args.offload, root=args.root,
+                                    offline=args.offline, lm=_lm_choice(args))
+    if pipe.planner is not None and getattr(args, "max_new_tokens", None):
+        pipe.planner.max_new_tokens = args.max_new_tokens
     progress, close = _progress_bar(args.quiet)
     try:
-        result = pipe.run(GenerationRequest(**kw), progress=progress, normalize=args.normalize)
+        result = pipe.run(GenerationRequest(**kw), progress=progress, normalize=args.normalize,
+                          thinking=getattr(args, "thinking", None), plan_options=_plan_options(args))
     finally:
         close()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for i, seed in enumerate(result.seeds):
-        params = {**result.params, "seed": seed, "batch_index": i, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
+        params = {**_item_params(result, i), "seed": seed, "batch_index": i, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
         stem = args.name if args.name and len(result.seeds) == 1 else (f"{args.name}-{i}" if args.name else _stem(params, seed))
         path = audio.save_audio(args.output_dir / f"{stem}.{args.format}", result.audio[i], result.sample_rate, args.format, params=params)
         sidecar = audio.write_sidecar(path, params, result.timings)
         print(path)
         print(sidecar)
     return 0
+
+
+def _load_planner(args: argparse.Namespace):
+    from songstep.pipeline.components import resolve_lm
+    from songstep.pipeline.tiers import detect_tier
+    from songstep.planner import Planner
+
+    device = _device(args)
+    tier = detect_tier(device)
+    folder = resolve_lm(args.model, _lm_choice_for_tool(args), tier.lm, args.root, args.offline)
+    if folder is None:
+        from songstep.errors import InvalidRequest
+
+        raise InvalidRequest("this command needs the planner LM; pass --lm 0.6B, 1.7B, 4B or an LM folder")
+    return Planner.from_pretrained(folder, device=device, max_duration=tier.max_duration_lm, max_new_tokens=args.max_new_tokens)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from songstep.config import GenerationRequest
+
+    planner = _load_planner(args)
+    request = GenerationRequest(**_request_kwargs(args))
+    thinking = args.thinking is not False
+    plans = planner.plan_batch(request, thinking=thinking, options=_plan_options(args))
+    out = [plan.to_dict() for plan in plans]
+    _print_json(out[0] if len(out) == 1 else out)
+    return 0
+
+
+def run_create_sample(args: argparse.Namespace) -> int:
+    planner = _load_planner(args)
+    desc = planner.create_sample(args.description, instrumental=args.instrumental, language=args.language,
+                                 seed=args.seed, **_sampling(args))
+    _print_json(desc.to_dict())
+    return 0
+
+
+def run_understand(args: argparse.Namespace) -> int:
+    from songstep.errors import InvalidAudio
+
+    if not args.file.is_file():
+        raise InvalidAudio(f"{args.file}: no such file")
+    text = args.file.read_text(encoding="utf-8", errors="ignore") if args.file.suffix.lower() == ".txt" else ""
+    if "<|audio_code_" in text:
+        desc = _load_planner(args).understand_codes(text, seed=args.seed, **_sampling(args))
+    else:
+        from songstep.pipeline import Pipeline
+
+        pipe = Pipeline.from_pretrained(args.model, variant=args.variant or "turbo", device=args.device, offload=args.offload,
+                                        root=args.root, offline=args.offline, lm=_lm_choice_for_tool(args))
+        desc = pipe.understand(str(args.file), seed=args.seed, **_sampling(args))
+    _print_json(desc.to_dict())
+    return 0
+
+
+def _lm_choice_for_tool(args: argparse.Namespace) -> str:
+    """Planner commands always need an LM: auto falls back to the bundle's 1.7B."""
+    if args.lm not in (None, "auto"):
+        return args.lm
+    from songstep.pipeline.tiers import detect_tier
+
+    return detect_tier(_device(args)).lm or "1.7B"
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -233,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(args.verbose)
     from songstep.errors import InvalidAudio, InvalidRequest, SongstepError
 
-    handlers = {"download": run_download, "info": run_info}
+    handlers = {"download": run_download, "info": run_info, "plan": run_plan,
+                "create-sample": run_create_sample, "understand": run_understand}
     try:
         return handlers.get(args.command, run_task)(args)
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from songstep.errors import InvalidRequest
+from songstep.errors import DownloadError, InvalidRequest, ModelNotFound
 from songstep.loading import hub
 from songstep.loading.checkpoint import default_dtype, load_dit
 from songstep.models.dit import DiTModel
@@ -87,3 +87,33 @@ def load_components(
         )
     log.info("loaded %s on %s (%s)%s", variant, device, dtype, ", offloading idle parts" if offload else "")
     return Components(dit, vae, text, silence, variant, folders, device, offload)
+
+
+LM_SIZES = ("0.6B", "1.7B", "4B")
+
+
+def resolve_lm(
+    model: str | Path, lm: str | Path | None, default_size: str | None, root: str | Path, offline: bool
+) -> Path | None:
+    """The planner LM folder for `lm`: "auto" → `default_size` (the GPU tier's; None: no LM),
+    "none"/None → no LM, "0.6B"/"1.7B"/"4B" → `acestep-5Hz-lm-<size>` of `model`, else a folder.
+
+    An explicit choice that cannot be found raises `ModelNotFound`; "auto" logs and returns None."""
+    choice = "none" if lm is None or lm is False else str(lm).strip()
+    if choice.lower() == "auto":
+        if default_size is None:
+            return None
+        try:
+            return resolve_folder(model, f"lm-{default_size}", root, offline)
+        except (ModelNotFound, DownloadError) as exc:
+            log.warning("no %s planner LM available (%s); running without the LM", default_size, exc)
+            return None
+    if choice.lower() in ("none", "off", "false", ""):
+        return None
+    size = choice.removeprefix("lm-")
+    if size in LM_SIZES:
+        return resolve_folder(model, f"lm-{size}", root, offline)
+    folder = Path(choice).expanduser()
+    if (folder / "config.json").is_file():
+        return folder
+    raise ModelNotFound(f"no planner LM {lm!r}: use auto, none, {', '.join(LM_SIZES)} or an LM folder")

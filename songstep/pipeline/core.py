@@ -5,13 +5,16 @@
     result.audio  # [batch, 2, samples] float32 at 48 kHz
 
 Every task method builds a `GenerationRequest` and runs it through `run()`: validate → plan →
-condition → sample → decode → post-process.
+condition → sample → decode → post-process. With a planner LM loaded (`lm=`), text2music requests
+are planned first (`songstep.pipeline.planning`); `understand`, `audio_to_codes`, `score_takes`
+and `autogen` are the planner's other uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +26,14 @@ import torch
 from songstep import audio
 from songstep.conditioning import repaint_settings, validate_request
 from songstep.config import GenerationRequest, variant_defaults
-from songstep.constants import HOP_LENGTH, SAMPLE_RATE
-from songstep.pipeline.components import Components, load_components
-from songstep.pipeline.inputs import Prepared, generators, prepare, resolve_seeds
+from songstep.constants import AUDIO_CODE_TOKEN, HOP_LENGTH, SAMPLE_RATE
+from songstep.errors import InvalidRequest
+from songstep.pipeline import planning
+from songstep.pipeline.autogen import AutoGen
+from songstep.pipeline.components import Components, load_components, resolve_lm
+from songstep.pipeline.inputs import Prepared, generators, load_wave, prepare, resolve_seeds
 from songstep.pipeline.tiers import Tier, detect_tier
+from songstep.planner import Planner, PlanOptions, Score, SongDescription
 from songstep.sampling.dcw import DCWOptions
 from songstep.sampling.dit import generate_latents
 from songstep.sampling.flow import SamplerOptions
@@ -91,12 +98,14 @@ def splice(generated: torch.Tensor, source: torch.Tensor, window: tuple[int, int
 
 
 class Pipeline:
-    """DiT + VAE + text encoder (+ planner), on one device, ready to run requests."""
+    """DiT + VAE + text encoder (+ planner), on one device, ready to run requests. Runs are
+    serialised by a lock (AutoGen generates in a background thread)."""
 
-    def __init__(self, components: Components, tier: Tier, planner=None) -> None:
+    def __init__(self, components: Components, tier: Tier, planner: Planner | None = None) -> None:
         self.components = components
         self.tier = tier
         self.planner = planner
+        self._lock = threading.RLock()
 
     @classmethod
     def from_pretrained(
@@ -110,16 +119,23 @@ class Pipeline:
         root: str | Path = "checkpoints",
         offline: bool = False,
         tier: Tier | None = None,
+        lm: str | Path | None = "auto",
     ) -> Pipeline:
         """Load from a local checkpoints directory or a hub repository (downloaded into `root`).
-        `offload=None` follows the GPU tier picked from free memory (≤ 12 GB: offload)."""
+        `offload=None` follows the GPU tier picked from free memory (≤ 12 GB: offload).
+        `lm`: the planner — "auto" (the tier's size; none on CPU or ≤ 6 GB), "none", "0.6B",
+        "1.7B", "4B" or an LM folder."""
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tier = tier or detect_tier(dev)
         offload = tier.offload if offload is None else offload
         components = load_components(
             model, variant=variant, device=dev, dtype=dtype, offload=offload, root=root, offline=offline
         )
-        return cls(components, tier)
+        folder = resolve_lm(model, lm, tier.lm, root, offline)
+        planner = None
+        if folder is not None:
+            planner = Planner.from_pretrained(folder, device=dev, dtype=dtype, max_duration=tier.max_duration_lm)
+        return cls(components, tier, planner)
 
     # -- task methods ------------------------------------------------------------------------
     def generate(self, caption: str = "", lyrics: str = "", *, duration: float | None = None, **kw) -> GenerationResult:
@@ -156,7 +172,41 @@ class Pipeline:
         generator: torch.Generator | list[torch.Generator] | None = None,
         progress: Progress | None = None,
         normalize: bool | None = None,
+        thinking: bool | None = None,
+        plan_options: PlanOptions | None = None,
     ) -> GenerationResult:
+        """Run one request. With a planner loaded, `thinking` (default on) makes the LM write
+        audio codes for text2music, and missing bpm/key/time signature/duration are filled from
+        its CoT either way (`plan_options` tunes it); without a planner both are ignored."""
+        with self._lock:
+            spec = validate_request(request, self.components.dit.config)
+            think = True if thinking is None else bool(thinking)
+            run_lm, codes = planning.planner_steps(request, spec, think)
+            if self.planner is None or not run_lm:
+                if thinking and self.planner is None:
+                    log.info("thinking requested but no planner LM is loaded (lm=...)")
+                return self._generate(request, generator=generator, progress=progress, normalize=normalize)
+            return self._run_planned(request, generator, progress, normalize, codes, plan_options)
+
+    def _run_planned(self, request, generator, progress, normalize, codes, options) -> GenerationResult:
+        t0 = time.perf_counter()
+        if progress is not None:
+            progress("lm", 0, 1)
+        seeds = _seeds(request, generator)
+        plans = planning.plan_takes(self.planner, request, seeds, codes=codes, options=options, tier=self.tier)
+        lm_seconds = time.perf_counter() - t0
+        if progress is not None:
+            progress("lm", 1, 1)
+        gens = planning.item_generators(generator, len(plans))
+        results = [
+            self._generate(plan.request, generator=g, progress=progress, normalize=normalize)
+            for plan, g in zip(plans, gens)
+        ]
+        return GenerationResult(**planning.combine(
+            request, plans, results, planner=self.planner, options=options, codes=codes, lm_seconds=lm_seconds
+        ))
+
+    def _generate(self, request: GenerationRequest, *, generator, progress, normalize) -> GenerationResult:
         c = self.components
         spec = validate_request(request, c.dit.config)
         timings: dict[str, float] = {}
@@ -175,6 +225,71 @@ class Pipeline:
         timings["total"] = time.perf_counter() - start
         params = self._params(request, prep)
         return GenerationResult(wave, SAMPLE_RATE, seeds, params, timings, latents)
+
+    # -- the planner's other uses --------------------------------------------------------------
+    def _require_planner(self) -> Planner:
+        if self.planner is None:
+            raise InvalidRequest("no planner LM is loaded: load the pipeline with lm='1.7B' (or 0.6B, 4B, a folder)")
+        return self.planner
+
+    def audio_to_codes(self, source, *, seed: int | None = None) -> str:
+        """Audio (a path or a [2, S] 48 kHz tensor) → 5 Hz code string: VAE latents (posterior
+        mean, or a sample drawn with `seed`) → `DiTModel.tokenize` → one code per 5 frames
+        (the last window padded with silence, so ceil(frames / 5) codes)."""
+        c = self.components
+        wave = load_wave(source)
+        if wave.shape[1] < HOP_LENGTH:
+            raise InvalidRequest("the audio is shorter than one latent frame (40 ms)")
+        with self._lock:
+            gens = generators([seed], c.vae.device) if seed is not None else None
+            with c.on_device("vae"):
+                latents = c.vae.encode(wave[None], gens, sample=seed is not None)
+            x = latents.to(device=c.silence.device, dtype=c.dit.dtype)
+            mask = torch.ones(x.shape[:2], device=x.device)
+            with c.on_device("dit"), torch.no_grad():
+                _q, indices, _m = c.dit.tokenize(x, c.silence[None], mask)
+        return "".join(AUDIO_CODE_TOKEN.format(int(i)) for i in indices[0, :, 0].tolist())
+
+    def understand(self, source, *, seed: int | None = None, **kwargs) -> SongDescription:
+        """Audio or codes → caption, lyrics, bpm, key, time signature, duration, language
+        (`Planner.understand_codes` options in `kwargs`)."""
+        planner = self._require_planner()
+        with self._lock:
+            return planner.understand(source, encoder=lambda audio: self.audio_to_codes(audio, seed=seed), seed=seed, **kwargs)
+
+    def create_sample(self, description: str, **kwargs) -> SongDescription:
+        """Simple mode (see `Planner.create_sample`); `result.to_request()` makes it a request."""
+        planner = self._require_planner()
+        with self._lock:
+            return planner.create_sample(description, **kwargs)
+
+    def score_takes(self, result: GenerationResult, **kwargs) -> list[Score]:
+        """AutoScore of every take (`Planner.score` options in `kwargs`): its planned codes, or
+        codes made from its audio, against its caption, the lyrics and its metas."""
+        planner = self._require_planner()
+        items = result.params.get("items") or [result.params] * len(result.seeds)
+        scores = []
+        for i, item in enumerate(items):
+            codes = item.get("audio_codes") or self.audio_to_codes(result.audio[i])
+            metas = {k: item.get(k) for k in ("bpm", "keyscale", "timesignature", "duration")}
+            if item.get("language") not in (None, "", "unknown"):
+                metas["language"] = item["language"]
+            with self._lock:
+                scores.append(planner.score(codes, caption=item.get("caption") or "",
+                                            lyrics=result.params.get("lyrics") or "", metadata=metas, **kwargs))
+        return scores
+
+    def autogen(self, request: GenerationRequest, *, after: GenerationResult | None = None, **run_kwargs) -> AutoGen:
+        """Start the next batch of `request` in a background thread (upstream's AutoGen) and
+        return its handle. Its seeds follow `after`'s last seed, else the request's own batch
+        (seed N, batch B → N+B, …), else are random. `run_kwargs` go to `run()`."""
+        if after is not None:
+            first = after.seeds[-1] + 1
+        elif request.seed is not None:
+            first = int(request.seed) + request.batch
+        else:
+            first = resolve_seeds(None, 1)[0]
+        return AutoGen(self.run, request.replace(seed=first % 2**63), run_kwargs, self._lock)
 
     def _sample(self, prep: Prepared, request, generator, progress, timings) -> torch.Tensor:
         c, t0 = self.components, time.perf_counter()
@@ -233,7 +348,7 @@ class Pipeline:
         }
 
 
-_RUN_KEYS = ("generator", "progress", "normalize")
+_RUN_KEYS = ("generator", "progress", "normalize", "thinking", "plan_options")
 
 
 def _req(kw: dict) -> dict:

@@ -9,8 +9,9 @@
   left-padded (CFG cond + uncond in one batch): position ids follow the attention mask.
   `head` restricts the LM head to some vocabulary rows (`HeadRows`): in the code phase only the
   64 000 valid code rows + EOS are multiplied, a [rows × hidden] matmul instead of the full vocab.
-* `TransformersBackend` implements it (dynamic KV cache; on CUDA a static cache and
-  `torch.compile` of the one-token step). `VLLMBackend` is a stub (see its docstring).
+* `TransformersBackend` implements it: transformers' forward with a dynamic KV cache (CPU
+  default), or on CUDA our static-shape Qwen3 runner (`songstep.models.lm_static`) with a
+  preallocated cache, a compiled one-token step and CUDA graphs. `VLLMBackend` is a stub.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,12 +27,12 @@ import torch
 
 from songstep.constants import AUDIO_CODE_COUNT, AUDIO_CODE_TOKEN, ENDOFTEXT, THINK_END, THINK_START
 from songstep.errors import CheckpointError, ModelNotFound, SongstepError
+from songstep.models.lm_static import CACHE_BUCKET, StaticQwen3, StaticState, positions_from_mask  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 HeadRows = tuple[tuple[int, int], ...]  # half-open [start, stop) vocabulary row ranges, in column order
 MAX_CODE_TOKENS = 65_535  # the official LMs add <|audio_code_0|> … <|audio_code_65534|>
-CACHE_BUCKET = 256  # static-cache lengths are rounded up to this (fewer recompiles)
 
 
 def head_columns(rows: HeadRows | None, vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -142,23 +143,30 @@ class LMBackend(Protocol):
         ...
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """RoPE positions for left-padded rows: 0 at each row's first real token."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 class TransformersBackend:
     """`LMBackend` over a transformers `Qwen3ForCausalLM`.
 
-    `static_cache` (default: on CUDA) preallocates the KV cache (`transformers.StaticCache`,
-    reused across generations of the same batch/length bucket); `compile` (default: on CUDA
-    with a static cache) wraps the one-token decode step in `torch.compile(mode="reduce-overhead")`.
-    A compile failure is logged once and the step falls back to eager. With a static cache only
-    the latest session is live: a new `prefill` reuses the cache and older sessions raise.
+    Two runners, chosen by `static_cache` (default: on CUDA):
+
+    * off: transformers' own `model.model(...)` with a `DynamicCache` per session (the CPU default;
+      any architecture transformers runs).
+    * on: `StaticQwen3` (`songstep.models.lm_static`), our Qwen3 over the same parameters with a
+      preallocated KV cache per (batch, length bucket), reused across generations; only the latest
+      session of a bucket is live (older ones raise). `compile` (default: on CUDA with the static
+      runner) compiles its one-token step with `torch.compile(fullgraph=True)`; `cuda_graph`
+      (default: same) captures the step in a CUDA graph per bucket. Failures fall back to eager
+      (logged once). Scoring (`logits`) always goes through transformers.
+
+    The runner is built on first use, from the parameters the model holds then.
     """
 
     def __init__(
-        self, model: torch.nn.Module, *, static_cache: bool | None = None, compile: bool | None = None
+        self,
+        model: torch.nn.Module,
+        *,
+        static_cache: bool | None = None,
+        compile: bool | None = None,
+        cuda_graph: bool | None = None,
     ):
         self.model = model.eval()
         self.device = next(model.parameters()).device
@@ -166,19 +174,22 @@ class TransformersBackend:
         on_cuda = self.device.type == "cuda"
         self.static_cache = on_cuda if static_cache is None else static_cache
         self.compile = (on_cuda and self.static_cache) if compile is None else compile
-        if self.compile and not self.static_cache:
-            logger.warning("torch.compile of the LM step needs the static KV cache; compiling off")
-            self.compile = False
+        self.cuda_graph = (on_cuda and self.static_cache) if cuda_graph is None else cuda_graph and on_cuda
+        if (self.compile or self.cuda_graph) and not self.static_cache:
+            logger.warning("torch.compile / CUDA graphs of the LM step need the static runner; both off")
+            self.compile = self.cuda_graph = False
         self._weight = model.get_output_embeddings().weight
         # transformers ≥ 5.2x names the KV-cache argument `cache` (earlier: `past_key_values`)
         params = inspect.signature(model.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self._cache_key: tuple[int, int] | None = None
-        self._cache: Any = None
-        self._generation = 0  # bumped by every static-cache prefill; older sessions are stale
-        self._step_fn = self._forward_hidden
-        if self.compile:
-            self._step_fn = torch.compile(self._forward_hidden, mode="reduce-overhead", fullgraph=False)
+        self._runner: StaticQwen3 | None = None
+
+    @property
+    def runner(self) -> StaticQwen3:
+        """The static runner (built on first use)."""
+        if self._runner is None:
+            self._runner = StaticQwen3(self.model, compile=self.compile, cuda_graph=self.cuda_graph)
+        return self._runner
 
     def _forward_hidden(self, ids, mask, positions, cache):
         kwargs = {self._cache_kwarg: cache}
@@ -195,32 +206,21 @@ class TransformersBackend:
         parts = [torch.nn.functional.linear(hidden, self._weight[a:b]) for a, b in rows]
         return torch.cat(parts, dim=-1).float()
 
-    def _new_cache(self, batch: int, max_len: int):
-        from transformers import DynamicCache, StaticCache
-
-        if not self.static_cache:
-            return DynamicCache(config=self.model.config), max_len
-        max_len = -(-max_len // CACHE_BUCKET) * CACHE_BUCKET
-        if self._cache_key != (batch, max_len):
-            self._cache = None  # free the old one first
-            self._cache = StaticCache(config=self.model.config, max_cache_len=max_len)
-            self._cache_key = (batch, max_len)
-        else:
-            self._cache.reset()
-        self._generation += 1
-        return self._cache, max_len
-
     @torch.inference_mode()
     def prefill(self, input_ids, attention_mask, *, max_new_tokens, head=None):
-        ids = input_ids.to(self.device)
+        ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
+        if self.static_cache:
+            state, hidden = self.runner.prefill(ids, mask, max_new_tokens)
+            return _StaticSession(self, state, head), self.head(hidden, head)
+        from transformers import DynamicCache
+
         batch, length = ids.shape
-        cache, max_len = self._new_cache(batch, length + max_new_tokens)
-        mask_buf = torch.zeros((batch, max_len), dtype=torch.long, device=self.device)
-        mask_buf[:, :length] = attention_mask.to(self.device)
-        positions = _positions(mask_buf[:, :length])
-        mask = mask_buf if self.static_cache else mask_buf[:, :length]
-        hidden = self._forward_hidden(ids, mask, positions, cache)
-        session = _HFSession(self, cache, mask_buf, positions[:, -1:].clone(), length, head, self._generation)
+        cache = DynamicCache(config=self.model.config)
+        mask_buf = torch.zeros((batch, length + max_new_tokens), dtype=torch.long, device=self.device)
+        mask_buf[:, :length] = mask
+        positions = positions_from_mask(mask)
+        hidden = self._forward_hidden(ids, mask_buf[:, :length], positions, cache)
+        session = _HFSession(self, cache, mask_buf, positions[:, -1:].clone(), length, head)
         return session, self.head(hidden, head)
 
     @torch.inference_mode()
@@ -228,45 +228,43 @@ class TransformersBackend:
         ids = input_ids.to(self.device)
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(self.device)
         out = self.model.model(
-            input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False
+            input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
         )
         return torch.nn.functional.linear(out.last_hidden_state, self._weight).float()
-
-    def _run_step(self, ids, mask, positions, cache):
-        try:
-            return self._step_fn(ids, mask, positions, cache)
-        except Exception as exc:  # torch.compile failures vary by version; eager stays correct
-            if self._step_fn is self._forward_hidden:
-                raise
-            logger.warning("torch.compile of the LM step failed (%s); using eager", exc)
-            self._step_fn = self._forward_hidden
-            return self._forward_hidden(ids, mask, positions, cache)
 
 
 @dataclass
 class _HFSession:
     backend: TransformersBackend
-    cache: Any
+    cache: Any  # transformers DynamicCache
     mask_buf: torch.Tensor
     positions: torch.Tensor  # [B, 1] position of the last fed token
     length: int  # tokens in the cache
     head_rows: HeadRows | None = None
-    generation: int = 0
-    steps: int = field(default=0)
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.backend.static_cache and self.generation != self.backend._generation:
-            raise SongstepError("this LM session's static KV cache was reused by a later prefill")
         if self.length >= self.mask_buf.shape[1]:
             raise SongstepError(f"LM session is full ({self.length} tokens); raise max_new_tokens")
         ids = tokens.to(self.backend.device, torch.long).view(-1, 1)
         self.mask_buf[:, self.length] = 1
         self.positions += 1
         self.length += 1
-        mask = self.mask_buf if self.backend.static_cache else self.mask_buf[:, : self.length]
-        hidden = self.backend._run_step(ids, mask, self.positions, self.cache)
-        self.steps += 1
+        hidden = self.backend._forward_hidden(
+            ids, self.mask_buf[:, : self.length], self.positions, self.cache
+        )
+        return self.backend.head(hidden, self.head_rows)
+
+
+@dataclass
+class _StaticSession:
+    backend: TransformersBackend
+    state: StaticState
+    head_rows: HeadRows | None = None
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.backend.runner.step(self.state, tokens.to(self.backend.device, torch.long))
         return self.backend.head(hidden, self.head_rows)
 
 
@@ -276,7 +274,7 @@ class VLLMBackend:
     vLLM runs its own scheduler loop and has no step-wise `prefill`/`step` API with lock-step
     CFG rows, so this backend is not implemented: constructing it raises `ImportError` (a
     `MissingExtra`) when vllm is absent and `NotImplementedError` when it is present. Use
-    `TransformersBackend` (static cache + torch.compile on CUDA)."""
+    `TransformersBackend` (static runner + torch.compile + CUDA graphs on CUDA)."""
 
     def __init__(self, path: str | Path, **kwargs: Any):
         try:
@@ -335,9 +333,11 @@ def load_lm(
     backend: str = "transformers",
     static_cache: bool | None = None,
     compile: bool | None = None,
+    cuda_graph: bool | None = None,
 ) -> PlannerLM:
     """Load an `acestep-5Hz-lm-*` folder (or `write_tiny_lm` output).
 
+    `static_cache`, `compile` and `cuda_graph` choose the runner (see `TransformersBackend`).
     Raises `ModelNotFound` for a missing folder, `CheckpointError` for an unusable one,
     `MissingExtra` for `backend="vllm"` without vllm."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -364,6 +364,6 @@ def load_lm(
             f"(up to id {codes.first_id + codes.count - 1})"
         )
     model = model.to(dev).eval()
-    lm_backend = TransformersBackend(model, static_cache=static_cache, compile=compile)
+    lm_backend = TransformersBackend(model, static_cache=static_cache, compile=compile, cuda_graph=cuda_graph)
     logger.info("loaded LM %s on %s (%s), codes at ids %d..", root.name, dev, dt, codes.first_id)
     return PlannerLM(tokenizer=tokenizer, model=model, backend=lm_backend, codes=codes, path=root)

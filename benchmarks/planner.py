@@ -1,9 +1,12 @@
 """Planner LM speed: CoT phase + the code phase of a 240 s song (1 200 codes, CFG 2.0).
 
-    python benchmarks/planner.py --tiny                 # CPU, tiny random LM (seconds)
+    python benchmarks/planner.py --tiny                 # CPU, tiny random LM (seconds), HF runner
+    python benchmarks/planner.py --tiny --runner static # CPU, our static runner (eager)
     python benchmarks/planner.py --config 1.7B          # CUDA, random Qwen3-1.7B-shaped weights, bf16,
-                                                        # static KV cache + torch.compile, code-row head
-    python benchmarks/planner.py --config 0.6B --no-compile --full-head   # baselines
+                                                        # static runner: compiled step in a CUDA graph,
+                                                        # code-row head
+    python benchmarks/planner.py --config 1.7B --runner hf                # transformers + DynamicCache
+    python benchmarks/planner.py --config 0.6B --no-cuda-graph --full-head   # other baselines
 
 Prints one JSON object: tokens/s and ms/token per phase, and the memory-bandwidth floor of the
 code phase: bytes read per step (weights, with only the code rows + EOS of the head, plus the
@@ -50,8 +53,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def random_full_size_lm(name: str, tokenizer_dir: Path, *, static_cache: bool, compile: bool) -> PlannerLM:
-    """A Qwen3-`name`-shaped model with random bf16 weights on CUDA and the tiny tokenizer."""
+def random_full_size_lm(name: str, tokenizer_dir: Path, **runner) -> PlannerLM:
+    """A Qwen3-`name`-shaped model with random bf16 weights on CUDA and the tiny tokenizer;
+    `runner` goes to `TransformersBackend` (static_cache, compile, cuda_graph)."""
     from transformers import AutoTokenizer, Qwen3ForCausalLM
 
     hidden, layers, heads, kv, inter = SHAPES[name]
@@ -71,7 +75,7 @@ def random_full_size_lm(name: str, tokenizer_dir: Path, *, static_cache: bool, c
     )
     with torch.device("cuda"):
         model = Qwen3ForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
-    backend = TransformersBackend(model, static_cache=static_cache, compile=compile)
+    backend = TransformersBackend(model, **runner)
     return PlannerLM(tokenizer=tokenizer, model=model, backend=backend, codes=codes, path=tokenizer_dir)
 
 
@@ -147,15 +151,19 @@ def _parse(argv):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tiny", action="store_true", help="tiny random LM (CPU unless --device)")
+    parser.add_argument("--device", default="cpu", help="device of the tiny LM")
     parser.add_argument(
-        "--device", default="cpu", help="device of the tiny LM (cuda: static cache + compile)"
+        "--runner",
+        choices=("static", "hf"),
+        help="static: our static-cache Qwen3 step (default on CUDA); hf: transformers + DynamicCache "
+        "(default on CPU)",
     )
     parser.add_argument("--config", choices=sorted(SHAPES), default="1.7B", help="full-size shape (CUDA)")
     parser.add_argument("--codes", type=int, default=1200, help="codes to generate (240 s × 5 Hz)")
     parser.add_argument("--caption-tokens", type=int, default=64, help="caption cap of the CoT phase")
     parser.add_argument("--bandwidth", type=float, default=3.35e12, help="HBM bytes/s (H100 SXM: 3.35e12)")
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--no-static", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="static runner: eager step")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="static runner: no CUDA graph")
     parser.add_argument("--full-head", action="store_true", help="code phase over the full vocabulary head")
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU intra-op threads (tiny tensors: 1 is fastest)"
@@ -163,17 +171,23 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
+def _runner_kwargs(args) -> dict:
+    static = None if args.runner is None else args.runner == "static"
+    if args.runner is None and not args.tiny:
+        static = True
+    return {
+        "static_cache": static,
+        "compile": False if args.no_compile else None,
+        "cuda_graph": False if args.no_cuda_graph else None,
+    }
+
+
 def _build(args, folder: Path) -> PlannerLM:
     if args.tiny:
-        static = False if args.no_static else None
-        return load_lm(
-            folder, device=args.device, static_cache=static, compile=False if args.no_compile else None
-        )
+        return load_lm(folder, device=args.device, **_runner_kwargs(args))
     if not torch.cuda.is_available():
         raise SystemExit("full-size configs need CUDA; use --tiny on CPU")
-    return random_full_size_lm(
-        args.config, folder, static_cache=not args.no_static, compile=not args.no_compile
-    )
+    return random_full_size_lm(args.config, folder, **_runner_kwargs(args))
 
 
 def _measure(args, lm: PlannerLM, restricted: bool) -> dict:
@@ -204,6 +218,15 @@ def _measure(args, lm: PlannerLM, restricted: bool) -> dict:
     }
 
 
+def _runner_state(lm: PlannerLM) -> dict:
+    """What actually ran (compile and graph capture fall back to eager on failure)."""
+    backend = lm.backend
+    if not backend.static_cache:
+        return {"compile": False, "cuda_graph": False}
+    runner = backend.runner
+    return {"compile": runner.compiled, "cuda_graph": runner.cuda_graph}
+
+
 def main(argv=None) -> dict:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -219,8 +242,8 @@ def main(argv=None) -> dict:
         "model": "tiny" if args.tiny else f"qwen3-{args.config}-random",
         "device": torch.cuda.get_device_name() if lm.backend.device.type == "cuda" else "cpu",
         "dtype": str(lm.model.dtype).replace("torch.", ""),
-        "static_cache": lm.backend.static_cache,
-        "compile": lm.backend.compile,
+        "runner": "static" if lm.backend.static_cache else "hf",
+        **_runner_state(lm),
         "head": "codes+eos" if restricted else "full",
         "cfg_scale": 2.0,
         "load_s": round(load_s, 2),

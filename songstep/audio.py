@@ -217,6 +217,28 @@ def peak_normalize(wave: torch.Tensor, db: float = -1.0) -> torch.Tensor:
     return wave * gain
 
 
+LOUDNESS_RANGE = (-70.0, 0.0)  # LUFS a loudness target may ask for
+
+
+def check_loudness_target(lufs: float) -> None:
+    """Raise `InvalidRequest` for a target outside −70…0 LUFS or without `pyloudnorm`, before
+    any work is done."""
+    low, high = LOUDNESS_RANGE
+    if not isinstance(lufs, int | float) or not low <= float(lufs) <= high:
+        raise InvalidRequest(f"loudness target must be between {low:g} and {high:g} LUFS (e.g. -14), got {lufs!r}")
+    _pyloudnorm()
+
+
+def _pyloudnorm():
+    try:
+        import pyloudnorm
+    except ImportError as exc:
+        raise InvalidRequest(
+            "a loudness target needs the optional package pyloudnorm: pip install 'songstep[loudness]'"
+        ) from exc
+    return pyloudnorm
+
+
 def loudness_normalize(wave: torch.Tensor, lufs: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Per item, scale to an integrated loudness of `lufs` (ITU-R BS.1770 via pyloudnorm).
 
@@ -224,13 +246,7 @@ def loudness_normalize(wave: torch.Tensor, lufs: float, sample_rate: int = SAMPL
     then limited to 1.0 (`anti_clip`), so a loud target may be missed; that is logged. Needs the
     optional `pyloudnorm` package (`pip install songstep[loudness]`).
     """
-    try:
-        import pyloudnorm
-    except ImportError as exc:
-        raise InvalidRequest(
-            "a loudness target needs the optional package pyloudnorm: pip install 'songstep[loudness]'"
-        ) from exc
-    meter = pyloudnorm.Meter(sample_rate)
+    meter = _pyloudnorm().Meter(sample_rate)
     items = wave.unsqueeze(0) if wave.ndim <= 2 else wave
     gains = []
     for item in items:

@@ -77,7 +77,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     o.add_argument("--format", default="wav", choices=("wav", "flac", "mp3", "ogg"))
     o.add_argument("--output-dir", type=Path, default=Path("outputs"))
     o.add_argument("--name", default=None, help="file name stem (default: task-seed-hash)")
-    o.add_argument("--no-normalize", dest="normalize", action="store_false", default=None)
+    o.add_argument("--no-normalize", dest="normalize", action="store_false", default=None,
+                   help="keep the decoded level (default: peak at -1 dBFS)")
+    o.add_argument("--loudness", type=float, default=None, metavar="LUFS",
+                   help="scale each take to this integrated loudness, e.g. -14 (needs songstep[loudness])")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -250,6 +253,8 @@ def run_task(args: argparse.Namespace) -> int:
     from songstep.tasks import get_task
 
     kw = _request_kwargs(args)
+    if args.loudness is not None:
+        audio.check_loudness_target(args.loudness)  # before minutes of model loading
     variant = args.variant or ("base" if get_task(kw["task"]).needs_turbo_off else "turbo")
     pipe = Pipeline.from_pretrained(args.model, variant=variant, device=args.device, offload=args.offload, root=args.root,
                                     offline=args.offline, lm=_lm_choice(args))
@@ -257,7 +262,7 @@ def run_task(args: argparse.Namespace) -> int:
         pipe.planner.max_new_tokens = args.max_new_tokens
     progress, close = _progress_bar(args.quiet)
     try:
-        result = pipe.run(GenerationRequest(**kw), progress=progress, normalize=args.normalize,
+        result = pipe.run(GenerationRequest(**kw), progress=progress, normalize=args.normalize, loudness=args.loudness,
                           thinking=getattr(args, "thinking", None), plan_options=_plan_options(args))
     finally:
         close()

@@ -85,7 +85,19 @@ def test_errors_are_one_line_with_nonzero_exit(tiny_tree, tmp_path, capsys) -> N
     assert code == 2 and "needs a base or sft model" in capsys.readouterr().err
     code = main(["cover", "--model", str(tiny_tree), "--source", str(tmp_path / "missing.wav"), "--quiet"])
     assert code == 2 and capsys.readouterr().err.startswith("error: ")
+    code = main(["generate", "--model", str(tmp_path / "not-loaded"), "--duration", "10", "--loudness", "3", "--quiet"])
+    assert code == 2 and "between -70 and 0 LUFS" in capsys.readouterr().err  # checked before loading
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_loudness_flag(tiny_tree, tmp_path, capsys) -> None:
+    pytest.importorskip("pyloudnorm")
+    code = main(["generate", "--model", str(tiny_tree), "--caption", "lofi", "--duration", "10", "--seed", "1",
+                 "--loudness", "-20", "--quiet", "--device", "cpu", "--output-dir", str(tmp_path)])
+    assert code == 0
+    audio, sidecar = _outputs(capsys.readouterr().out)
+    assert json.loads(sidecar.read_text())["params"]["level"] == "-20 LUFS"
+    assert read_tags(audio)["level"] == "-20 LUFS"
 
 
 def test_info_and_download_list(capsys) -> None:

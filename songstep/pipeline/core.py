@@ -172,12 +172,20 @@ class Pipeline:
         generator: torch.Generator | list[torch.Generator] | None = None,
         progress: Progress | None = None,
         normalize: bool | None = None,
+        loudness: float | None = None,
         thinking: bool | None = None,
         plan_options: PlanOptions | None = None,
     ) -> GenerationResult:
         """Run one request. With a planner loaded, `thinking` (default on) makes the LM write
         audio codes for text2music, and missing bpm/key/time signature/duration are filled from
-        its CoT either way (`plan_options` tunes it); without a planner both are ignored."""
+        its CoT either way (`plan_options` tunes it); without a planner both are ignored.
+
+        Level: by default each take is peak-normalised to −1 dBFS (repaint keeps the source's
+        level); `normalize=False` turns that off; `loudness=-14.0` instead scales each take to
+        that integrated loudness in LUFS (ITU-R BS.1770, needs `pyloudnorm`), peaks limited to 0 dBFS."""
+        if loudness is not None:
+            audio.check_loudness_target(loudness)
+        normalize = _Level(normalize, loudness)
         with self._lock:
             spec = validate_request(request, self.components.dit.config)
             think = True if thinking is None else bool(thinking)
@@ -217,13 +225,10 @@ class Pipeline:
         timings.update(prep.timings)
         latents = self._sample(prep, request, generator, progress, timings)
         wave = self._decode(prep, latents, timings, progress)
-        keep_level = prep.repaint is not None
-        if normalize if normalize is not None else not keep_level:
-            wave = torch.stack([audio.peak_normalize(audio.anti_clip(w)) for w in wave])
-        else:
-            wave = torch.stack([audio.anti_clip(w) for w in wave])
+        level = normalize if isinstance(normalize, _Level) else _Level(normalize, None)
+        wave = level.apply(wave, keep_level=prep.repaint is not None)
         timings["total"] = time.perf_counter() - start
-        params = self._params(request, prep)
+        params = {**self._params(request, prep), **level.params(keep_level=prep.repaint is not None)}
         return GenerationResult(wave, SAMPLE_RATE, seeds, params, timings, latents)
 
     # -- the planner's other uses --------------------------------------------------------------
@@ -348,7 +353,29 @@ class Pipeline:
         }
 
 
-_RUN_KEYS = ("generator", "progress", "normalize", "thinking", "plan_options")
+_RUN_KEYS = ("generator", "progress", "normalize", "loudness", "thinking", "plan_options")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Level:
+    """The output level rule of one run: a loudness target wins over peak normalisation."""
+
+    normalize: bool | None
+    loudness: float | None
+
+    def peak(self, keep_level: bool) -> bool:
+        return self.normalize if self.normalize is not None else not keep_level
+
+    def apply(self, wave: torch.Tensor, *, keep_level: bool) -> torch.Tensor:
+        wave = torch.stack([audio.anti_clip(w) for w in wave])
+        if self.loudness is not None:
+            return audio.loudness_normalize(wave, self.loudness)
+        return torch.stack([audio.peak_normalize(w) for w in wave]) if self.peak(keep_level) else wave
+
+    def params(self, *, keep_level: bool) -> dict:
+        if self.loudness is not None:
+            return {"level": f"{self.loudness:g} LUFS"}
+        return {"level": "-1 dBFS peak" if self.peak(keep_level) else "as decoded"}
 
 
 def _req(kw: dict) -> dict:

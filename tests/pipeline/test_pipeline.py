@@ -110,3 +110,22 @@ def test_bad_inputs_raise_before_work(turbo, tmp_path) -> None:
 
     with pytest.raises(InvalidAudio):
         turbo.cover(bad, "x", seed=1)
+
+
+def test_output_level_peak_off_and_loudness(turbo) -> None:
+    pyloudnorm = pytest.importorskip("pyloudnorm")
+    raw = turbo.generate("lofi", duration=10, seed=3, normalize=False)
+    peak = turbo.generate("lofi", duration=10, seed=3)
+    loud = turbo.generate("lofi", duration=10, seed=3, loudness=-23.0)
+    assert raw.params["level"] == "as decoded" and peak.params["level"] == "-1 dBFS peak"
+    assert loud.params["level"] == "-23 LUFS"
+    # the three differ only by one gain per take
+    gain = peak.audio.abs().max() / raw.audio.abs().max()
+    torch.testing.assert_close(peak.audio, raw.audio * gain, atol=1e-5, rtol=0)
+    meter = pyloudnorm.Meter(SAMPLE_RATE)
+    measured = meter.integrated_loudness(loud.audio[0].T.double().numpy())
+    assert loud.audio.abs().max() < 1.0  # quiet target: no peak limiting
+    assert measured == pytest.approx(-23.0, abs=0.05)
+    for bad in (5.0, -90.0):
+        with pytest.raises(InvalidRequest, match="between -70 and 0 LUFS"):
+            turbo.generate("lofi", duration=10, seed=3, loudness=bad)

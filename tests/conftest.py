@@ -21,6 +21,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: intra-op threads only spin (10x slower on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -53,3 +62,19 @@ def source_wav(tmp_path_factory):
     path = tmp_path_factory.mktemp("audio") / "source.wav"
     sf.write(path, np.stack([left, right], axis=1).astype(np.float32), sr, subtype="FLOAT")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny planner LM folder (`write_tiny_lm`): tiny Qwen3, tokenizer with the code tokens."""
+    from songstep.testing.tiny_lm import write_tiny_lm
+
+    return write_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm_dir):
+    """The tiny planner LM loaded on the CPU (default backend), one per test module."""
+    from songstep.models.lm import load_lm
+
+    return load_lm(tiny_lm_dir, device="cpu")

@@ -21,14 +21,6 @@ from songstep.prompts import audio_code_ids, parse_lm_output
 pytest.importorskip("llguidance")  # the `grammar` extra: constrained metadata
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def planner(tiny_tree):
     # short captions and a 20 s CoT limit keep the tiny LM's gibberish (and the codes) short

@@ -20,20 +20,6 @@ from songstep.models.lm import (
 from songstep.testing.tiny_lm import REAL_CODE_TOKENS, write_tiny_lm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only spin (10x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    return load_lm(write_tiny_lm(tmp_path_factory.mktemp("tiny_lm")), device="cpu")
-
-
 @pytest.fixture(scope="module")
 def prompts(lm):
     short = lm.encode("<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n")

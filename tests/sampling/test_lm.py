@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from songstep.constants import KEYSCALES, LANGUAGES, THINK_END
 from songstep.errors import InvalidRequest, SongstepError
-from songstep.models.lm import head_columns, load_lm
+from songstep.models.lm import head_columns
 from songstep.prompts import build_phase1_prompt, parse_lm_output, render_chat_prompt
 from songstep.sampling.grammar import (
     CodeConstraint,
@@ -31,21 +31,6 @@ from songstep.sampling.lm import (
     probabilities,
     sample_rows,
 )
-from songstep.testing.tiny_lm import write_tiny_lm
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only spin (10x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    return load_lm(write_tiny_lm(tmp_path_factory.mktemp("tiny_lm")), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +135,26 @@ def test_decode_applies_cfg_before_choosing():
     assert out[0].tokens == [0, 0] and backend.batches == [2]
     with pytest.raises(InvalidRequest):
         decode(backend, [DecodeRow([5])], params, eos_id=3, pad_id=0, max_new_tokens=1)
+
+
+class _Nothing:
+    """A constraint that allows no token."""
+
+    finished = greedy = False
+
+    def allowed(self, device="cpu"):
+        return torch.zeros(4, dtype=torch.bool, device=device)
+
+    def advance(self, token_id):
+        raise AssertionError("no token may be chosen")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.85])
+def test_constraint_that_allows_nothing_raises(temperature):
+    backend = _FixedBackend(torch.tensor([[1.0, 2.0, 0.0, -9.0]]))
+    rows = [DecodeRow([5], constraint=_Nothing(), generator=torch.Generator().manual_seed(0))]
+    with pytest.raises(SongstepError, match="allows no token"):
+        decode(backend, rows, SamplingParams(temperature=temperature), eos_id=3, pad_id=0, max_new_tokens=2)
 
 
 # --- decode loop with the tiny LM ------------------------------------------------------------

@@ -11,18 +11,9 @@ from songstep.constants import AUDIO_CODE_TOKEN, ENDOFTEXT, THINK_END, THINK_STA
 from songstep.testing.tiny_lm import IM_END, IM_START, REAL_CODE_TOKENS, write_tiny_lm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only spin (10x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+def tiny_dir(tiny_lm_dir):
+    return tiny_lm_dir
 
 
 @pytest.fixture(scope="module")

@@ -143,27 +143,32 @@ class _Step:
     def __init__(self, rows, params, columns, eos_id):
         self.rows, self.params, self.columns, self.eos_id = rows, params, columns, eos_id
         self.n = len(rows)
+        self._everything: torch.Tensor | None = None  # the all-allowed mask of unconstrained rows
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.params.uses_cfg:
             return logits[: self.n].float()
         return cfg_combine(logits[: self.n], logits[self.n :], self.params.cfg_scale)
 
-    def mask(self, logits: torch.Tensor, done: list[bool]) -> torch.Tensor:
+    def mask(self, logits: torch.Tensor, done: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked logits and `ok` [B] (on the logits' device): whether each row's constraint
+        allows some token. Such a row is left unmasked, so the step needs no host sync here and
+        sampling stays finite; `choose` raises for it after its one sync."""
         allowed = []
         for row, finished in zip(self.rows, done):
             if finished or row.constraint is None:
-                allowed.append(torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device))
+                if self._everything is None or self._everything.device != logits.device:
+                    self._everything = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+                allowed.append(self._everything)
             else:
                 allowed.append(row.constraint.allowed(logits.device))
         allowed = torch.stack(allowed)
-        if not bool(allowed.any(-1).all()):
-            raise SongstepError("the constraint allows no token")
-        return logits.masked_fill(~allowed, NEG_INF)
+        ok = allowed.any(-1)
+        return logits.masked_fill(~allowed & ok[:, None], NEG_INF), ok
 
     def choose(self, logits: torch.Tensor, history, done: list[bool]) -> list[int]:
         """Token ids (not columns) for every row."""
-        logits = self.mask(self.combine(logits), done)
+        logits, ok = self.mask(self.combine(logits), done)
         greedy_cols = logits.argmax(-1)
         if self.params.temperature > 0:
             probs = probabilities(filter_logits(logits, self.params, history), self.params.temperature)
@@ -175,7 +180,10 @@ class _Step:
                 cols = torch.where(torch.tensor(greedy, device=cols.device), greedy_cols, cols)
         else:
             cols = greedy_cols
-        return self.columns[cols].tolist()
+        picked = torch.cat([self.columns[cols], ok.long()]).tolist()  # the step's one host sync
+        if not all(picked[self.n :]):
+            raise SongstepError("the constraint allows no token")
+        return picked[: self.n]
 
 
 def _history(rows, columns: torch.Tensor, vocab_size: int, params: SamplingParams):

@@ -27,7 +27,13 @@ import torch
 
 from songstep.constants import AUDIO_CODE_COUNT, AUDIO_CODE_TOKEN, ENDOFTEXT, THINK_END, THINK_START
 from songstep.errors import CheckpointError, ModelNotFound, SongstepError
-from songstep.models.lm_static import CACHE_BUCKET, StaticQwen3, StaticState, positions_from_mask  # noqa: F401
+from songstep.models.lm_static import (  # noqa: F401 (CACHE_BUCKET: re-exported)
+    CACHE_BUCKET,
+    StaticQwen3,
+    StaticState,
+    check_supported,
+    positions_from_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +152,8 @@ class LMBackend(Protocol):
 class TransformersBackend:
     """`LMBackend` over a transformers `Qwen3ForCausalLM`.
 
-    Two runners, chosen by `static_cache` (default: on CUDA):
+    Two runners, chosen by `static_cache` (default: on CUDA, for configs the static runner
+    supports):
 
     * off: transformers' own `model.model(...)` with a `DynamicCache` per session (the CPU default;
       any architecture transformers runs).
@@ -173,6 +180,12 @@ class TransformersBackend:
         self.vocab_size = int(model.config.vocab_size)
         on_cuda = self.device.type == "cuda"
         self.static_cache = on_cuda if static_cache is None else static_cache
+        if static_cache is None and on_cuda:
+            try:
+                check_supported(model)
+            except NotImplementedError as exc:
+                logger.warning("static LM runner unavailable (%s); using transformers' forward", exc)
+                self.static_cache = False
         self.compile = (on_cuda and self.static_cache) if compile is None else compile
         self.cuda_graph = (on_cuda and self.static_cache) if cuda_graph is None else cuda_graph and on_cuda
         if (self.compile or self.cuda_graph) and not self.static_cache:

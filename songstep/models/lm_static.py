@@ -158,7 +158,7 @@ class StaticState:
     length: int  # slots written
 
 
-def _check_supported(model: torch.nn.Module) -> tuple[bool, ...]:
+def check_supported(model: torch.nn.Module) -> tuple[bool, ...]:
     """Per-layer "is sliding" flags; `NotImplementedError` for what the runner does not do."""
     cfg = model.config
     rope = getattr(model.model.rotary_emb, "rope_type", "default")
@@ -188,7 +188,7 @@ class StaticQwen3:
     def __init__(
         self, model: torch.nn.Module, *, compile: bool = False, cuda_graph: bool = False, entries: int = 2
     ):
-        sliding = _check_supported(model)
+        sliding = check_supported(model)
         cfg, body = model.config, model.model
         self.device = next(model.parameters()).device
         self.dtype = body.embed_tokens.weight.dtype

@@ -26,20 +26,6 @@ def assert_logits_close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want, atol=tol, rtol=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only spin (10x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    return load_lm(write_tiny_lm(tmp_path_factory.mktemp("tiny_lm")), device="cpu")
-
-
 @pytest.fixture(scope="module")
 def batch(lm):
     """Two left-padded prompts of different lengths and STEPS teacher-forced continuation tokens."""

@@ -330,9 +330,7 @@ class StaticQwen3:
         if entry.graph is not None:
             entry.graph.replay()
             return entry.out
-        entry.pos.add_(1)
-        entry.slot.add_(1)
-        return self._call(entry)
+        return self._graph_step(entry)
 
     def _call(self, entry: _Entry) -> torch.Tensor:
         args = (entry.ids, entry.pos, entry.slot, entry.allowed, entry.keys, entry.values)
@@ -358,25 +356,25 @@ class StaticQwen3:
             logger.warning("CUDA graph capture of the LM step failed (%s); running eager", exc)
             self.cuda_graph = False
 
+    def _graph_step(self, entry: _Entry) -> torch.Tensor:
+        """What the captured graph does: advance position and slot, run the step."""
+        entry.pos.add_(1)
+        entry.slot.add_(1)
+        return self._call(entry)
+
     def _capture(self, entry: _Entry) -> None:
         """Warm up on a side stream (compiles for this bucket), then capture one step. The
         warm-up writes K/V at slots 1-2 and bumps pos/slot: the next prefill resets both."""
-
-        def run():
-            entry.pos.add_(1)
-            entry.slot.add_(1)
-            return self._call(entry)
-
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
             for _ in range(2):
-                run()
+                self._graph_step(entry)
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # a private memory pool per graph
-            out = run()
+            out = self._graph_step(entry)
         entry.graph, entry.out = graph, out
 
 

@@ -141,6 +141,7 @@ def test_cache_entries_are_reused_and_old_sessions_raise(lm, batch):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_step_has_no_graph_break_and_matches_eager(lm, batch, caplog):
     """inductor (gcc) compile of the step with fullgraph=True: a graph break or a compile error
     would make the runner fall back to eager (and warn)."""
@@ -154,6 +155,63 @@ def test_compiled_step_has_no_graph_break_and_matches_eager(lm, batch, caplog):
     want = _teacher_forced(_static(lm.model), ids, mask, cont, head)
     assert_logits_close(got, want)
     torch.testing.assert_close(again, got, atol=0, rtol=0)
+
+
+class _ReplayGraph:
+    """CPU stand-in for a captured CUDA graph: `replay` reruns the captured step into the
+    graph's output buffer."""
+
+    def __init__(self, runner, entry, out):
+        self.runner, self.entry, self.out = runner, entry, out
+
+    def replay(self):
+        self.out.copy_(self.runner._graph_step(self.entry))
+
+
+def _cpu_capture(runner, entry):
+    """`_capture` without CUDA: the same two warm-up steps, then a 'capture' (which, unlike a
+    real one, also runs the step: one more write that the next prefill must make harmless)."""
+    for _ in range(2):
+        runner._graph_step(entry)
+    out = runner._graph_step(entry).clone()
+    entry.graph, entry.out = _ReplayGraph(runner, entry, out), out
+
+
+def test_graph_path_state_on_cpu(lm, batch, monkeypatch):
+    """Warm-up writes, position/slot bumps and the output buffer of the CUDA-graph path leave
+    the results unchanged (two generations on one entry, then another bucket)."""
+    ids, mask, cont = batch
+    head = lm.codes.head_rows()
+    monkeypatch.setattr(StaticQwen3, "_capture", _cpu_capture)
+    graphed = _static(lm.model)
+    graphed.runner.cuda_graph = True
+    want = _teacher_forced(_static(lm.model), ids, mask, cont, head)
+    for _ in range(2):
+        assert torch.equal(_teacher_forced(graphed, ids, mask, cont, head), want)
+    assert torch.equal(
+        _teacher_forced(graphed, ids[1:], mask[1:], cont[1:]),
+        _teacher_forced(_static(lm.model), ids[1:], mask[1:], cont[1:]),
+    )
+    assert len(graphed.runner._cache) == 2
+    assert all(isinstance(e.graph, _ReplayGraph) for e in graphed.runner._cache.values())
+
+
+def test_capture_failure_falls_back_to_eager_graph_then_eager(lm, batch, monkeypatch, caplog):
+    ids, mask, cont = batch
+    tried = []
+
+    def broken(runner, entry):
+        tried.append(runner.compiled)
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(StaticQwen3, "_capture", broken)
+    backend = _static(lm.model, compile=True)
+    backend.runner.cuda_graph = True
+    with caplog.at_level(logging.WARNING, logger="songstep.models.lm_static"):
+        got = _teacher_forced(backend, ids, mask, cont)
+    assert tried == [True, False] and len(caplog.records) == 2
+    assert not backend.runner.compiled and not backend.runner.cuda_graph
+    assert torch.equal(got, _teacher_forced(_static(lm.model), ids, mask, cont))
 
 
 def _decode_both(lm, rows_fn, params, **kw):

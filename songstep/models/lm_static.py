@@ -28,8 +28,8 @@ Slots are the left-padded batch columns: the prompt fills slots 0..L-1, step t w
 Compilation (`compile=True`): `torch.compile(fullgraph=True, dynamic=False)` of the step, inductor
 without cudagraphs. `cuda_graph=True` (CUDA only) then captures, per cache entry, the step (position
 and slot increments included) in a `torch.cuda.CUDAGraph` on the entry's static buffers, after two
-warm-up runs on a side stream; a decode step is then one host→device copy of the tokens and one
-`replay()`. The capture is done by hand rather than with `mode="reduce-overhead"` because here every
+warm-up runs on a side stream; a decode step is then one copy of the tokens into the entry's input
+buffer and one `replay()`. (inductor writes K/V in place: no copy of the cache per step.) The capture is done by hand rather than with `mode="reduce-overhead"` because here every
 static address is explicit (cache, inputs, output), whereas cudagraph trees decide by themselves
 whether a mutated input is static (`mark_static_address`) and silently skip graphs or re-record when
 they are unsure; a failing capture is an exception we can catch. Any compile or capture failure is

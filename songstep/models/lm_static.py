@@ -25,8 +25,9 @@ Slots are the left-padded batch columns: the prompt fills slots 0..L-1, step t w
   One query token per row lets the GQA heads fold into the query length (`[B, kv, groups, D]`), so
   SDPA needs neither `repeat_interleave` of the cache nor `enable_gqa` support.
 
-Compilation (`compile=True`): `torch.compile(fullgraph=True, dynamic=False)` of the step, inductor
-without cudagraphs. `cuda_graph=True` (CUDA only) then captures, per cache entry, the step (position
+Compilation (`compile=True`): `torch.compile(fullgraph=True)` of the step, inductor without
+cudagraphs, symbolic in the cache length (the entries' K/V and slot buffers are marked dynamic in
+that dimension), so one compile per batch size serves every song length; graphs stay per entry. `cuda_graph=True` (CUDA only) then captures, per cache entry, the step (position
 and slot increments included) in a `torch.cuda.CUDAGraph` on the entry's static buffers, after two
 warm-up runs on a side stream; a decode step is then one copy of the tokens into the entry's input
 buffer and one `replay()`. (inductor writes K/V in place: no copy of the cache per step.) The capture is done by hand rather than with `mode="reduce-overhead"` because here every
@@ -34,7 +35,7 @@ static address is explicit (cache, inputs, output), whereas cudagraph trees deci
 whether a mutated input is static (`mark_static_address`) and silently skip graphs or re-record when
 they are unsure; a failing capture is an exception we can catch. Any compile or capture failure is
 logged once and the runner falls back: compiled graph → eager graph → eager. The recompile limit is
-raised around compile calls (one compile per (batch, max_len) bucket). On CPU everything is eager
+raised around compile calls (batch 1 and batch ≥ 2 compile separately). On CPU everything is eager
 by default; `compile=True` there only compiles (no graphs).
 """
 
@@ -208,7 +209,7 @@ class StaticQwen3:
         self._cache: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
         self._generation = 0
         self.compiled = compile  # False again after a compile failure (eager fallback)
-        self._compiled_step = torch.compile(self._decode, fullgraph=True, dynamic=False) if compile else None
+        self._compiled_step = torch.compile(self._decode, fullgraph=True, dynamic=None) if compile else None
 
     # --- the network ---------------------------------------------------------------------------
 
@@ -291,6 +292,10 @@ class StaticQwen3:
             _, old = self._cache.popitem(last=False)
             old.owner = -1
         entry = self._new_entry(batch, max_len)
+        if self.compiled:  # one compile serves every cache length (the step is symbolic in it)
+            for cache in (*entry.keys, *entry.values):
+                torch._dynamo.maybe_mark_dynamic(cache, 2)
+            torch._dynamo.maybe_mark_dynamic(entry.allowed, 1)
         if self.cuda_graph:
             self._prepare_graph(entry)
         self._cache[key] = entry
@@ -379,8 +384,9 @@ class StaticQwen3:
 
 
 def _recompile_limit(limit: int):
-    """Scoped `torch._dynamo.config` patch: one compile per (batch, max_len) bucket may pass the
-    default limit of 8 (named `cache_size_limit` before torch 2.6)."""
+    """Scoped `torch._dynamo.config` patch: the step's compiles (batch sizes, and any length
+    dynamo still specialises on) may pass the default limit of 8 (`cache_size_limit` before
+    torch 2.6)."""
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     return cfg.patch(**{name: max(getattr(cfg, name), limit)})

@@ -48,8 +48,9 @@ def _reference(model, ids, mask, cont):
     return out.logits.float()[:, ids.shape[1] - 1 :]
 
 
-def _teacher_forced(backend, ids, mask, cont, head=None):
-    session, logits = backend.prefill(ids, mask, max_new_tokens=cont.shape[1] + 1, head=head)
+def _teacher_forced(backend, ids, mask, cont, head=None, max_new_tokens=None):
+    new = cont.shape[1] + 1 if max_new_tokens is None else max_new_tokens
+    session, logits = backend.prefill(ids, mask, max_new_tokens=new, head=head)
     out = [logits]
     for t in range(cont.shape[1]):
         out.append(session.step(cont[:, t]))
@@ -155,6 +156,25 @@ def test_compiled_step_has_no_graph_break_and_matches_eager(lm, batch, caplog):
     want = _teacher_forced(_static(lm.model), ids, mask, cont, head)
     assert_logits_close(got, want)
     torch.testing.assert_close(again, got, atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_one_compile_serves_every_cache_length(lm, batch):
+    """The compiled step is symbolic in the cache length: a 60 s and a 240 s song (other
+    buckets) reuse the first compile instead of paying another one each."""
+    from torch._dynamo.utils import counters
+
+    ids, mask, cont = batch
+    compiled = _static(lm.model, compile=True)
+    eager = _static(lm.model)
+    torch._dynamo.reset()
+    counters.clear()
+    for extra in (0, 300, 700):  # three buckets at batch 2
+        got = _teacher_forced(compiled, ids, mask, cont[:, :4], max_new_tokens=4 + extra)
+        want = _teacher_forced(eager, ids, mask, cont[:, :4], max_new_tokens=4 + extra)
+        assert_logits_close(got, want)
+    assert len(compiled.runner._cache) == 2 and compiled.runner.compiled
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 class _ReplayGraph:

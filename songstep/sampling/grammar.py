@@ -371,6 +371,17 @@ class CodeConstraint:
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.masked_fill(~self.allowed(logits.device), float("-inf"))
 
+    def schedule(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        """The whole future of `allowed` from the current state, for decoding without a host
+        round trip per token: (mask while codes are due, mask after them, codes still due or
+        None). Step k from now allows `before` if k < due else `after`."""
+        dev = torch.device(device)
+        self.allowed(dev)  # fills the per-device cache
+        codes, eos, both = self._on[dev]
+        if self.target is None:
+            return both, both, None
+        return codes, eos, max(self.target - self.count, 0)
+
     def advance(self, token_id: int) -> None:
         if token_id == self.eos_id:
             if self.target is not None and self.count < self.target:

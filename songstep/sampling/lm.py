@@ -11,6 +11,13 @@ before top-k/top-p, top-p silently dropped by nano-vllm) is not reproduced.
 row also has an unconditional prompt; cond and uncond rows go through the LM as one left-padded
 batch, and the token sampled from the combined logits is appended to both. Every row carries
 its own constraint (`MetadataConstraint` / `CodeConstraint` from `songstep.sampling.grammar`).
+
+The code phase (every row a `CodeConstraint`, whose future masks are known up front, and no
+repetition penalty) runs in `_decode_on_device`: the same ops and draws, but the sampled tokens
+stay on the device and feed the next step directly, so there is no host sync per token and the
+CPU queues step t+1 while the GPU runs step t (on CUDA with the static runner's graphs the
+Python per step would otherwise sit on the critical path). The CoT grammar needs each token on
+the host and uses the per-token loop.
 """
 
 from __future__ import annotations
@@ -229,6 +236,9 @@ def decode(
     results = [DecodeResult() for _ in rows]
     done = [False] * len(rows)
     session, logits = backend.prefill(ids, mask, max_new_tokens=max_new_tokens, head=head)
+    plan = _device_schedule(rows, params, logits.device)
+    if plan is not None:
+        return _decode_on_device(session, logits, step, plan, rows, eos_id, pad_id, max_new_tokens)
     for t in range(max_new_tokens):
         tokens = step.choose(logits, history, done)
         for i, tok in enumerate(tokens):
@@ -244,6 +254,87 @@ def decode(
         feed = torch.tensor(feed * (2 if params.uses_cfg else 1), dtype=torch.long, device=backend.device)
         logits = session.step(feed)
     logger.debug("decoded %d rows: %s tokens", len(rows), [len(r.tokens) for r in results])
+    return results
+
+
+# --- the code phase without a host round trip per token ---------------------------------------
+
+SYNC_EVERY = 64  # steps between checks for "every row has stopped" when the code count is free
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Per-row allowed masks over the steps: row i allows `before[i]` while step < `due[i]`,
+    then `after[i]`; `steps` is the step count when every row has a code target."""
+
+    before: torch.Tensor  # [B, C] bool
+    after: torch.Tensor  # [B, C] bool
+    due: torch.Tensor  # [B] long (a free row: never switches)
+    steps: int | None
+
+
+def _device_schedule(rows: Sequence[DecodeRow], params: SamplingParams, device) -> _Schedule | None:
+    """A `_Schedule` when every row's constraint can say its whole future up front (the code
+    phase: `CodeConstraint.schedule`) and no repetition penalty needs the token history; else
+    None (the CoT grammar needs each token on the host)."""
+    if params.repetition_penalty != 1.0:
+        return None
+    if not all(r.constraint is not None and hasattr(r.constraint, "schedule") for r in rows):
+        return None
+    plans = [r.constraint.schedule(device) for r in rows]
+    never = 2**62
+    due = torch.tensor([never if d is None else d for _, _, d in plans], dtype=torch.long, device=device)
+    dues = [d for _, _, d in plans]
+    steps = None if any(d is None for d in dues) else max(dues) + 1  # + the EOS step
+    before = torch.stack([b for b, _, _ in plans])
+    after = torch.stack([a for _, a, _ in plans])
+    return _Schedule(before, after, due, steps)
+
+
+def _decode_on_device(session, logits, step: _Step, plan: _Schedule, rows, eos_id, pad_id, max_new_tokens):
+    """The decode loop with the tokens kept on the device: the same masks, draws and feeds as
+    `decode`'s host loop (so the same tokens for the same seeds), but no host sync per token,
+    so the CPU queues step t+1 while the GPU still runs step t. It syncs once at the end (and
+    every `SYNC_EVERY` steps when a row's code count is free, to stop when all rows have)."""
+    n, device = len(rows), logits.device
+    total = max_new_tokens if plan.steps is None else min(plan.steps, max_new_tokens)
+    out = torch.full((n, total), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    cfg = step.params.uses_cfg
+    used = total
+    for t in range(total):
+        allowed = torch.where((plan.due > t)[:, None], plan.before, plan.after) | done[:, None]
+        combined = step.combine(logits)
+        masked = combined.masked_fill(~allowed, NEG_INF)
+        if step.params.temperature > 0:
+            probs = probabilities(filter_logits(masked, step.params, None), step.params.temperature)
+            cols = sample_rows(probs, [r.generator for r in rows])
+        else:
+            cols = masked.argmax(-1)
+        tokens = step.columns[cols]
+        out[:, t] = torch.where(done, pad_id, tokens)
+        done = done | (tokens == eos_id)
+        if t == total - 1:
+            break
+        if plan.steps is None and (t + 1) % SYNC_EVERY == 0 and bool(done.all()):
+            used = t + 1
+            break
+        feed = torch.where(done, pad_id, tokens)
+        logits = session.step(torch.cat([feed, feed]) if cfg else feed)
+    return _collect(out[:, :used].tolist(), rows, eos_id)
+
+
+def _collect(token_rows: list[list[int]], rows, eos_id: int) -> list[DecodeResult]:
+    """Results from the device loop's tokens: up to each row's EOS, replayed through its
+    constraint (which checks them and ends in the state the host loop leaves)."""
+    results = []
+    for row, tokens in zip(rows, token_rows):
+        result = DecodeResult()
+        for tok in tokens:
+            _advance(row, result, tok, eos_id)
+            if result.eos:
+                break
+        results.append(result)
     return results
 
 

@@ -403,3 +403,79 @@ def test_code_targets_and_caps():
     assert target_codes(-1) is None
     assert code_token_cap(240) == 1210 and code_token_cap(3) == 60 and code_token_cap(900) == 3010
     assert code_token_cap(None) == 4032 and code_token_cap(600, max_model_len=2048) == 1984
+
+
+class _HostOnly:
+    """A CodeConstraint without `schedule`: forces `decode`'s per-token host loop."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        if name == "schedule":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize(
+    "targets, params",
+    [
+        ((9, 4), SamplingParams(cfg_scale=2.0)),  # the planner's code phase: CFG, one target per row
+        ((None, None), SamplingParams()),  # free count: stops at EOS (checked every SYNC_EVERY steps)
+        ((None, 5), SamplingParams(top_k=50, top_p=0.8, temperature=1.3)),
+        ((6, 6), SamplingParams(temperature=0.0, cfg_scale=1.5)),  # greedy
+    ],
+)
+@pytest.mark.parametrize("restricted", [False, True])
+def test_device_loop_gives_the_host_loops_tokens(lm, prompt, monkeypatch, targets, params, restricted):
+    """The code phase runs without a host round trip per token; same seeds ⇒ the same tokens,
+    EOS flags and final constraint states as the per-token host loop."""
+    import songstep.sampling.lm as lm_sampling
+
+    monkeypatch.setattr(lm_sampling, "SYNC_EVERY", 3)
+    head = lm.codes.head_rows() if restricted else None
+    columns = head_columns(head, lm.backend.vocab_size)
+    # a tiny random LM rarely picks EOS by itself: lift it so free rows stop inside the budget
+    eos_col = int((columns == lm.eos_id).nonzero())
+    original_prefill = lm.backend.prefill
+
+    def run(wrap):
+        rows = [
+            DecodeRow(
+                prompt,
+                uncond_prompt=prompt[:5],
+                constraint=wrap(CodeConstraint(_code_range(lm), lm.eos_id, n, columns=columns)),
+                generator=torch.Generator().manual_seed(40 + i),
+            )
+            for i, n in enumerate(targets)
+        ]
+        out = decode(lm.backend, rows, params, eos_id=lm.eos_id, pad_id=lm.pad_id, max_new_tokens=40, head=head)
+        return [(r.tokens, r.eos) for r in out], [(row.constraint.count, row.constraint.finished) for row in rows]
+
+    def boosted_prefill(*args, **kwargs):
+        session, logits = original_prefill(*args, **kwargs)
+        step = session.step
+
+        class Boosted:
+            def step(self, tokens):
+                out = step(tokens).clone()
+                out[:, eos_col] += 4.0
+                return out
+
+        logits = logits.clone()
+        logits[:, eos_col] += 4.0
+        return Boosted(), logits
+
+    monkeypatch.setattr(lm.backend, "prefill", boosted_prefill)
+    calls = []
+    real = lm_sampling._decode_on_device
+    monkeypatch.setattr(lm_sampling, "_decode_on_device", lambda *a: calls.append(1) or real(*a))
+    device_loop = run(lambda c: c)
+    assert calls == [1]
+    host_loop = run(_HostOnly)
+    assert calls == [1]
+    assert device_loop == host_loop
+    for (tokens, eos), n in zip(device_loop[0], targets):
+        if n is not None:
+            assert eos and len(tokens) == n
+    assert any(eos for (_, eos), n in zip(device_loop[0], targets) if n is None) or None not in targets

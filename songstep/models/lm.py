@@ -148,6 +148,11 @@ class LMBackend(Protocol):
         """Teacher-forced float32 logits [B, L, vocab] (scoring, spec §7.1)."""
         ...
 
+    def release(self) -> int:
+        """Free preallocated KV caches (and their CUDA graphs); return the bytes freed. Live
+        sessions become stale. The next prefill allocates again."""
+        ...
+
 
 class TransformersBackend:
     """`LMBackend` over a transformers `Qwen3ForCausalLM`.
@@ -235,6 +240,11 @@ class TransformersBackend:
         hidden = self._forward_hidden(ids, mask_buf[:, :length], positions, cache)
         session = _HFSession(self, cache, mask_buf, positions[:, -1:].clone(), length, head)
         return session, self.head(hidden, head)
+
+    def release(self) -> int:
+        if self._runner is None:
+            return 0
+        return self._runner.release()
 
     @torch.inference_mode()
     def logits(self, input_ids, attention_mask=None):

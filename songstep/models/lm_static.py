@@ -301,6 +301,19 @@ class StaticQwen3:
         self._cache[key] = entry
         return entry
 
+    def release(self) -> int:
+        """Drop every cache entry (K/V, buffers, captured graphs and their memory pools); return
+        the bytes of K/V freed. Sessions on them raise from now on; compiled code is kept."""
+        freed = 0
+        for entry in self._cache.values():
+            entry.owner = -1
+            freed += sum(t.numel() * t.element_size() for t in (*entry.keys, *entry.values))
+            entry.graph = entry.out = None
+        self._cache.clear()
+        if freed and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return freed
+
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int):
         """Run left-padded prompts ids/mask [B, L] into a cache entry with room for
@@ -327,7 +340,7 @@ class StaticQwen3:
         the entry's output buffer under CUDA graphs: use it before the next step."""
         entry = state.entry
         if entry.owner != state.generation:
-            raise SongstepError("this LM session's static KV cache was reused by a later prefill")
+            raise SongstepError("this LM session's static KV cache was reused by a later prefill or released")
         if state.length >= entry.max_len:
             raise SongstepError(f"LM session is full ({state.length} tokens); raise max_new_tokens")
         entry.ids.copy_(tokens.view(-1, 1))

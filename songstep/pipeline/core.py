@@ -202,6 +202,8 @@ class Pipeline:
             progress("lm", 0, 1)
         seeds = _seeds(request, generator)
         plans = planning.plan_takes(self.planner, request, seeds, codes=codes, options=options, tier=self.tier)
+        if self.components.offload:  # small GPUs: the LM's KV cache makes room for the DiT and VAE
+            self.planner.lm.backend.release()
         lm_seconds = time.perf_counter() - t0
         if progress is not None:
             progress("lm", 1, 1)

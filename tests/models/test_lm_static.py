@@ -340,3 +340,17 @@ def test_cuda_compiled_graph_step_matches_eager(tmp_path):
     err_eager = (_teacher_forced(eager.backend, ids, mask, cont) - exact).abs().max()
     assert bf16.backend.runner.compiled and bf16.backend.runner.cuda_graph
     assert err_fast <= 2 * err_eager + 1e-2, (err_fast, err_eager)
+
+
+def test_release_frees_the_cache_and_stales_sessions(lm, batch):
+    ids, mask, cont = batch
+    backend = _static(lm.model)
+    assert backend.release() == 0  # nothing allocated yet
+    session, _ = backend.prefill(ids, mask, max_new_tokens=4)
+    entry = backend.runner._cache[(2, 256)]
+    expected = sum(t.numel() * t.element_size() for t in (*entry.keys, *entry.values))
+    assert backend.release() == expected and not backend.runner._cache
+    with pytest.raises(SongstepError, match="reused by a later prefill"):
+        session.step(cont[:, 0])
+    want = _teacher_forced(_static(lm.model), ids, mask, cont[:, :3])
+    torch.testing.assert_close(_teacher_forced(backend, ids, mask, cont[:, :3]), want, atol=0, rtol=0)

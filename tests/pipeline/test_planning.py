@@ -164,3 +164,27 @@ def test_lm_selection(tiny_tree, tmp_path):
         resolve_lm(tiny_tree, "4B", None, tmp_path, True)
     with pytest.raises(ModelNotFound):
         resolve_lm(tiny_tree, "3B", None, tmp_path, True)
+
+
+def test_offload_releases_the_lm_kv_cache_after_planning(pipe):
+    """Small GPUs (offload on): the static runner's preallocated KV cache is freed once the plan
+    is made, before the DiT and VAE run; the next run allocates it again."""
+    import dataclasses
+
+    from songstep.models.lm import PlannerLM, TransformersBackend
+    from songstep.planner import Planner
+
+    lm = pipe.planner.lm
+    static = PlannerLM(lm.tokenizer, lm.model, TransformersBackend(lm.model, static_cache=True), lm.codes, lm.path)
+    planner = Planner(static, caption_max_tokens=12, max_new_tokens=120)
+    seen = []
+    release = static.backend.release
+    static.backend.release = lambda: seen.append(len(static.backend.runner._cache)) or release()
+    small = Pipeline(dataclasses.replace(pipe.components, offload=True), pipe.tier, planner)
+    first = small.generate("lofi piano", "[Verse]\nla la", duration=10.5, seed=3)
+    assert seen == [2] and len(static.backend.runner._cache) == 0  # CoT (B=1) and codes (B=2) entries
+    again = small.generate("lofi piano", "[Verse]\nla la", duration=10.5, seed=3)
+    assert seen == [2, 2] and torch.equal(again.audio, first.audio)
+    resident = Pipeline(pipe.components, pipe.tier, planner).generate("lofi piano", "[Verse]\nla la", duration=10.5, seed=3)
+    assert seen == [2, 2] and len(static.backend.runner._cache) == 2
+    assert torch.equal(resident.audio, first.audio)

@@ -128,6 +128,7 @@ def _planner_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="items get seed, seed+1, …")
     p.add_argument("--batch", type=int, default=1, help="plans to make (printed as a list when > 1)")
     _lm_flags(p, lm_default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     c = sub.add_parser("create-sample", help="simple mode: one sentence → caption, lyrics and metadata (JSON)")
     c.add_argument("description")
     _model_flags(c, dit=False)
@@ -179,6 +180,14 @@ def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
+_STAGES = {  # progress stage → (bar label, unit)
+    "lm": ("planning", "tok"),
+    "lm-codes": ("writing codes", "tok"),
+    "dit": ("diffusion", "step"),
+    "vae": ("decoding", "step"),
+}
+
+
 def _progress_bar(quiet: bool):
     if quiet:
         return None, lambda: None
@@ -187,10 +196,10 @@ def _progress_bar(quiet: bool):
     bars: dict[str, Any] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        label = {"dit": "diffusion", "vae": "decoding", "lm": "planning"}.get(stage, stage)
+        label, unit = _STAGES.get(stage, (stage, "step"))
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=label, unit="step", file=sys.stderr, leave=False)
+            bar = bars[stage] = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False)
         bar.n = done
         bar.refresh()
 
@@ -302,7 +311,11 @@ def run_plan(args: argparse.Namespace) -> int:
     planner = _load_planner(args)
     request = GenerationRequest(**_request_kwargs(args))
     thinking = args.thinking is not False
-    plans = planner.plan_batch(request, thinking=thinking, options=_plan_options(args))
+    progress, close = _progress_bar(args.quiet)
+    try:
+        plans = planner.plan_batch(request, thinking=thinking, options=_plan_options(args), progress=progress)
+    finally:
+        close()
     out = [plan.to_dict() for plan in plans]
     _print_json(out[0] if len(out) == 1 else out)
     return 0

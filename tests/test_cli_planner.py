@@ -75,3 +75,13 @@ def test_generate_with_thinking(tiny_tree, tmp_path, capsys):
                "--output-dir", str(tmp_path / "plain"))
     doc = json.loads(open(out.split()[1]).read())
     assert "planner" not in doc["params"] and doc["params"]["task"] == "text2music"
+
+
+def test_plan_shows_progress_unless_quiet(tiny_tree, capsys):
+    args = ["plan", *_lm(tiny_tree), "--caption", "lofi", "--duration", "10", "--seed", "3"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "planning" in err and "writing codes" in err and "tok" in err
+    assert main([*args, "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "writing codes" not in quiet.err and json.loads(quiet.out)["code_count"] == 50

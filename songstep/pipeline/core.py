@@ -198,15 +198,12 @@ class Pipeline:
 
     def _run_planned(self, request, generator, progress, normalize, codes, options) -> GenerationResult:
         t0 = time.perf_counter()
-        if progress is not None:
-            progress("lm", 0, 1)
         seeds = _seeds(request, generator)
-        plans = planning.plan_takes(self.planner, request, seeds, codes=codes, options=options, tier=self.tier)
+        plans = planning.plan_takes(self.planner, request, seeds, codes=codes, options=options, tier=self.tier,
+                                    progress=progress)
         if self.components.offload:  # small GPUs: the LM's KV cache makes room for the DiT and VAE
             self.planner.lm.backend.release()
         lm_seconds = time.perf_counter() - t0
-        if progress is not None:
-            progress("lm", 1, 1)
         gens = planning.item_generators(generator, len(plans))
         results = [
             self._generate(plan.request, generator=g, progress=progress, normalize=normalize)

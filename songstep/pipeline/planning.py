@@ -45,13 +45,14 @@ def planner_steps(request: GenerationRequest, spec: TaskSpec, thinking: bool) ->
 
 def plan_takes(
     planner: Planner, request: GenerationRequest, seeds: Sequence[int], *, codes: bool,
-    options: PlanOptions | None, tier: Tier,
+    options: PlanOptions | None, tier: Tier, progress=None,
 ) -> list[Plan]:
-    """One plan per take; the CoT's durations are limited to the tier's `max_duration_lm`."""
+    """One plan per take; the CoT's durations are limited to the tier's `max_duration_lm`.
+    `progress(stage, done, total)` sees the LM's tokens (stages "lm" and "lm-codes")."""
     opts = options or PlanOptions()
     if opts.max_duration is None:
         opts = opts.replace(max_duration=tier.max_duration_lm)
-    return planner.plan_batch(request, seeds=list(seeds), thinking=codes, options=opts)
+    return planner.plan_batch(request, seeds=list(seeds), thinking=codes, options=opts, progress=progress)
 
 
 def item_generators(generator, count: int) -> list[torch.Generator | None]:

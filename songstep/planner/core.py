@@ -186,18 +186,20 @@ class Planner:
         generator: torch.Generator | None = None,
         thinking: bool = True,
         options: PlanOptions | None = None,
+        progress: StageProgress | None = None,
         **overrides: Any,
     ) -> Plan:
         """Plan one take. `overrides` are `PlanOptions` fields (use_cot_metas, use_cot_caption,
         use_cot_language, cfg_scale, temperature, top_p, top_k, negative_prompt, legacy_prompts,
         …). The seed is `seed`, else the request's, else random; a `generator` is used as is for
-        both phases instead."""
+        both phases instead. `progress(stage, tokens, cap)` reports the decoding: stage "lm" for
+        the metadata block, "lm-codes" for the audio codes."""
         opts = (options or PlanOptions()).replace(**overrides)
         if generator is not None:
             seeds, gens = [generator.initial_seed()], [generator]
         else:
             seeds, gens = _seeds(seed if seed is not None else request.seed, 1), None
-        return self._plan(request, seeds, thinking, opts, gens)[0]
+        return self._plan(request, seeds, thinking, opts, gens, progress)[0]
 
     def plan_batch(
         self,
@@ -206,26 +208,29 @@ class Planner:
         seeds: Sequence[int] | None = None,
         thinking: bool = True,
         options: PlanOptions | None = None,
+        progress: StageProgress | None = None,
         **overrides: Any,
     ) -> list[Plan]:
         """One plan per item of `request.batch` (or per seed given): seeds N, N+1, … from the
-        request's seed; each item is an independent decode row (CFG rows batched)."""
+        request's seed; each item is an independent decode row (CFG rows batched). `progress`
+        as in `plan`."""
         opts = (options or PlanOptions()).replace(**overrides)
         seeds = list(seeds) if seeds is not None else _seeds(request.seed, request.batch)
-        return self._plan(request, seeds, thinking, opts, None)
+        return self._plan(request, seeds, thinking, opts, None, progress)
 
-    def _plan(self, request, seeds, thinking, opts, gens) -> list[Plan]:
+    def _plan(self, request, seeds, thinking, opts, gens, progress=None) -> list[Plan]:
         validate_metadata(request)
         start = time.perf_counter()
         user = phases.user_metadata(request)
         outputs: list[tuple[str, Any]] = [("", None)] * len(seeds)
         if opts.use_cot_metas and phases.missing_fields(request):
-            outputs = phases.run_phase1(self, request, gens or [self.generator(s) for s in seeds], opts)
+            outputs = phases.run_phase1(self, request, gens or [self.generator(s) for s in seeds], opts,
+                                        _stage(progress, "lm"))
         merged = [phases.merge_metadata(user, out, opts, self.max_duration_for(opts)) for _, out in outputs]
         codes = [""] * len(seeds)
         if thinking and self._codes_wanted(request, opts):
             items = [(md, (gens[i] if gens else self.generator(s))) for i, ((md, _), s) in enumerate(zip(merged, seeds))]
-            codes = phases.run_phase2(self, request, items, opts)
+            codes = phases.run_phase2(self, request, items, opts, _stage(progress, "lm-codes"))
         plans = []
         for seed, (text, _), (md, lm_md), code in zip(seeds, outputs, merged, codes):
             filled = phases.fill_request(request, md, lm_md, opts, seed, code)
@@ -392,3 +397,13 @@ def _checked_language(language: str | None) -> str | None:
 
 def _with(desc: SongDescription, **changes: Any) -> SongDescription:
     return dataclasses.replace(desc, **changes)
+
+
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total), as the pipeline's progress
+
+
+def _stage(progress: StageProgress | None, stage: str):
+    """A decode-level `(done, total)` callback reporting as `stage`."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)

@@ -39,7 +39,7 @@ from songstep.prompts import (
     user_cot_metadata,
 )
 from songstep.sampling.grammar import CodeConstraint, MetadataSpec, target_codes
-from songstep.sampling.lm import DecodeRow, SamplingParams, decode
+from songstep.sampling.lm import DecodeRow, Progress, SamplingParams, decode
 
 if TYPE_CHECKING:
     from songstep.planner.core import Planner
@@ -98,7 +98,8 @@ def sampling(opts: PlanOptions, *, cfg: bool) -> SamplingParams:
 
 
 def run_phase1(
-    planner: Planner, request: GenerationRequest, generators: Sequence[torch.Generator], opts: PlanOptions
+    planner: Planner, request: GenerationRequest, generators: Sequence[torch.Generator], opts: PlanOptions,
+    progress: Progress | None = None,
 ) -> list[tuple[str, LMOutput]]:
     """Phase 1 for every item: (raw text, parsed output). Stops at the end of the metadata block
     (no `</think>`); CFG is never applied here."""
@@ -118,7 +119,7 @@ def run_phase1(
     lm = planner.lm
     results = decode(
         lm.backend, rows, sampling(opts, cfg=False), eos_id=lm.eos_id, pad_id=lm.pad_id,
-        max_new_tokens=planner.cot_token_cap(opts.constrained),
+        max_new_tokens=planner.cot_token_cap(opts.constrained), progress=progress,
     )
     texts = [planner.decode_text(r.tokens) for r in results]
     return [(text, parse_lm_output(text)) for text in texts]
@@ -192,6 +193,7 @@ def run_phase2(
     request: GenerationRequest,
     items: Sequence[tuple[dict[str, Any], torch.Generator]],
     opts: PlanOptions,
+    progress: Progress | None = None,
 ) -> list[str]:
     """Phase 2 for every (metadata, generator) item, CFG rows batched: the code strings."""
     lm = planner.lm
@@ -207,7 +209,7 @@ def run_phase2(
         caps.append(planner.code_token_cap(target, opts))
     results = decode(
         lm.backend, rows, sampling(opts, cfg=True), eos_id=lm.eos_id, pad_id=lm.pad_id,
-        max_new_tokens=max(caps), head=head,
+        max_new_tokens=max(caps), head=head, progress=progress,
     )
     for r in results:
         if not r.eos:

@@ -23,7 +23,7 @@ the host and uses the per-token loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +40,8 @@ from songstep.models.lm import HeadRows, LMBackend, head_columns, pad_left
 logger = logging.getLogger(__name__)
 
 NEG_INF = float("-inf")
+PROGRESS_EVERY = 16  # decode steps between progress reports
+Progress = Callable[[int, int], None]  # (tokens decoded, the phase's token cap)
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,12 @@ def decode(
     pad_id: int,
     max_new_tokens: int,
     head: HeadRows | None = None,
+    progress: Progress | None = None,
 ) -> list[DecodeResult]:
     """Decode one phase for every row until EOS or `max_new_tokens`.
+
+    `progress(done, total)` is called every `PROGRESS_EVERY` steps and once at the end (then
+    `done == total`); `total` is the step cap (the code phase with a code target: target + 1).
 
     `head` restricts the LM head to some vocabulary rows (code phase: `codes.head_rows()`);
     constraints then see logits columns in that order (`CodeConstraint(columns=...)`).
@@ -237,9 +243,12 @@ def decode(
     done = [False] * len(rows)
     session, logits = backend.prefill(ids, mask, max_new_tokens=max_new_tokens, head=head)
     plan = _device_schedule(rows, params, logits.device)
+    steps = max_new_tokens if plan is None or plan.steps is None else min(plan.steps, max_new_tokens)
+    report = _Reporter(progress, steps)
     if plan is not None:
-        return _decode_on_device(session, logits, step, plan, rows, eos_id, pad_id, max_new_tokens)
+        return _decode_on_device(session, logits, step, plan, rows, eos_id, pad_id, report)
     for t in range(max_new_tokens):
+        report(t)
         tokens = step.choose(logits, history, done)
         for i, tok in enumerate(tokens):
             if done[i]:
@@ -253,8 +262,25 @@ def decode(
         feed = [pad_id if d else tok for d, tok in zip(done, tokens)]
         feed = torch.tensor(feed * (2 if params.uses_cfg else 1), dtype=torch.long, device=backend.device)
         logits = session.step(feed)
+    report.finish()
     logger.debug("decoded %d rows: %s tokens", len(rows), [len(r.tokens) for r in results])
     return results
+
+
+class _Reporter:
+    """Calls `progress(done, total)` every `PROGRESS_EVERY` steps and once at the end. The step
+    count is known on the host, so reporting needs no device sync."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total = progress, total
+
+    def __call__(self, t: int) -> None:
+        if self.progress is not None and t and t % PROGRESS_EVERY == 0:
+            self.progress(t, self.total)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(self.total, self.total)
 
 
 # --- the code phase without a host round trip per token ---------------------------------------
@@ -291,18 +317,19 @@ def _device_schedule(rows: Sequence[DecodeRow], params: SamplingParams, device) 
     return _Schedule(before, after, due, steps)
 
 
-def _decode_on_device(session, logits, step: _Step, plan: _Schedule, rows, eos_id, pad_id, max_new_tokens):
+def _decode_on_device(session, logits, step: _Step, plan: _Schedule, rows, eos_id, pad_id, report: _Reporter):
     """The decode loop with the tokens kept on the device: the same masks, draws and feeds as
     `decode`'s host loop (so the same tokens for the same seeds), but no host sync per token,
     so the CPU queues step t+1 while the GPU still runs step t. It syncs once at the end (and
     every `SYNC_EVERY` steps when a row's code count is free, to stop when all rows have)."""
     n, device = len(rows), logits.device
-    total = max_new_tokens if plan.steps is None else min(plan.steps, max_new_tokens)
+    total = report.total
     out = torch.full((n, total), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     cfg = step.params.uses_cfg
     used = total
     for t in range(total):
+        report(t)
         allowed = torch.where((plan.due > t)[:, None], plan.before, plan.after) | done[:, None]
         combined = step.combine(logits)
         masked = combined.masked_fill(~allowed, NEG_INF)
@@ -321,7 +348,9 @@ def _decode_on_device(session, logits, step: _Step, plan: _Schedule, rows, eos_i
             break
         feed = torch.where(done, pad_id, tokens)
         logits = session.step(torch.cat([feed, feed]) if cfg else feed)
-    return _collect(out[:, :used].tolist(), rows, eos_id)
+    results = _collect(out[:, :used].tolist(), rows, eos_id)
+    report.finish()
+    return results
 
 
 def _collect(token_rows: list[list[int]], rows, eos_id: int) -> list[DecodeResult]:

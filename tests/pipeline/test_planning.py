@@ -188,3 +188,14 @@ def test_offload_releases_the_lm_kv_cache_after_planning(pipe):
     resident = Pipeline(pipe.components, pipe.tier, planner).generate("lofi piano", "[Verse]\nla la", duration=10.5, seed=3)
     assert seen == [2, 2] and len(static.backend.runner._cache) == 2
     assert torch.equal(resident.audio, first.audio)
+
+
+def test_progress_covers_planning_tokens(pipe):
+    seen = []
+    pipe.generate("lofi piano", "[Verse]\nla la", duration=10.5, seed=3,
+                  progress=lambda stage, done, total: seen.append((stage, done, total)))
+    stages = [s for s, _, _ in seen]
+    assert stages.index("lm") < stages.index("lm-codes") < stages.index("dit") < stages.index("vae")
+    assert ("lm-codes", 53, 53) in seen  # 52 codes + EOS
+    lm_done = [(d, t) for s, d, t in seen if s == "lm"]
+    assert lm_done[-1][0] == lm_done[-1][1] and len(lm_done) > 1

@@ -479,3 +479,26 @@ def test_device_loop_gives_the_host_loops_tokens(lm, prompt, monkeypatch, target
         if n is not None:
             assert eos and len(tokens) == n
     assert any(eos for (_, eos), n in zip(device_loop[0], targets) if n is None) or None not in targets
+
+
+@pytest.mark.parametrize("code_phase", [False, True])
+def test_progress_reports_tokens(lm, vocab, prompt, monkeypatch, code_phase):
+    """Every PROGRESS_EVERY steps and once at the end (done == total), in both loops."""
+    import songstep.sampling.lm as lm_sampling
+
+    monkeypatch.setattr(lm_sampling, "PROGRESS_EVERY", 4)
+    if code_phase:
+        rows = [DecodeRow(prompt, prompt[:5], CodeConstraint(_code_range(lm), lm.eos_id, 10,
+                                                             vocab_size=lm.backend.vocab_size),
+                          torch.Generator().manual_seed(0))]
+        params, cap = SamplingParams(cfg_scale=2.0), 50
+    else:
+        rows = _metadata_rows(vocab, prompt, [0])
+        params, cap = SamplingParams(), 200
+    seen = []
+    out = decode(lm.backend, rows, params, eos_id=lm.eos_id, pad_id=lm.pad_id, max_new_tokens=cap,
+                 progress=lambda done, total: seen.append((done, total)))
+    steps = len(out[0].tokens) + 1
+    total = 11 if code_phase else cap  # the code target (+ EOS) is known up front
+    assert seen[-1] == (total, total) and all(t == total for _, t in seen)
+    assert [d for d, _ in seen[:-1]] == list(range(4, steps, 4))

@@ -49,3 +49,10 @@ class OutOfMemory(SongstepError):
     """The device ran out of memory and no smaller fallback was possible."""
 
     http_status = 507
+
+
+class Cancelled(SongstepError):
+    """Work stopped because its caller cancelled it (e.g. `AutoGen.cancel()`, or a progress
+    callback that raised this). Nothing is returned or written."""
+
+    http_status = 499

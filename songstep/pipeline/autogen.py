@@ -9,7 +9,9 @@ next batch is generated in the background with the next seeds.
     third = upcoming.next()                          # seeds 14, 15 start
 
 The work runs on one daemon thread per handle; `Pipeline.run` holds the pipeline's lock, so a
-background batch and a foreground call never use the models at the same time.
+background batch and a foreground call never use the models at the same time. `cancel()` stops a
+waiting batch at once and a running one at its next progress report (every DiT step, every 16
+LM tokens): the pipeline is free again within about a step.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from songstep.config import GenerationRequest
+from songstep.errors import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class AutoGen:
         self.seeds = [(request.seed + i) % 2**63 for i in range(request.batch)]
         self._run, self._kwargs = run, dict(run_kwargs)
         self._lock = lock if lock is not None else threading.RLock()
+        self._stop = threading.Event()
         self._future: Future = Future()
         self._thread = threading.Thread(target=self._work, name="songstep-autogen", daemon=True)
         self._thread.start()
@@ -56,9 +60,24 @@ class AutoGen:
                 return
             try:
                 log.info("AutoGen: generating seeds %s in the background", self.seeds)
-                self._future.set_result(self._run(self.request, **self._kwargs))
+                kwargs = {**self._kwargs, "progress": self._checked(self._kwargs.get("progress"))}
+                self._future.set_result(self._run(self.request, **kwargs))
+            except Cancelled:
+                log.info("AutoGen: seeds %s cancelled while running", self.seeds)
+                self._future.set_exception(CancelledError())
             except BaseException as exc:  # handed to whoever calls result()
                 self._future.set_exception(exc)
+
+    def _checked(self, progress):
+        """The run's progress callback, raising `Cancelled` once `cancel()` was called."""
+
+        def report(stage: str, done: int, total: int) -> None:
+            if self._stop.is_set():
+                raise Cancelled("AutoGen batch cancelled")
+            if progress is not None:
+                progress(stage, done, total)
+
+        return report
 
     def result(self, timeout: float | None = None):
         """The `GenerationResult` (waits for it; re-raises the run's error)."""
@@ -68,13 +87,21 @@ class AutoGen:
         return self._future.done()
 
     def cancel(self) -> bool:
-        """Cancel if the batch has not started yet (it waits while another run holds the
-        pipeline); a running batch finishes."""
-        return self._future.cancel()
+        """Cancel the batch: a waiting one at once, a running one at its next progress report.
+        False when it had already finished. `result()` then raises `CancelledError`."""
+        if self._future.cancel():
+            return True
+        if self._future.done():
+            return False
+        self._stop.set()
+        return True
 
     @property
     def cancelled(self) -> bool:
-        return self._future.cancelled()
+        """True once cancelled (for a running batch: once it has stopped)."""
+        if self._future.cancelled():
+            return True
+        return self._future.done() and isinstance(self._future.exception(), CancelledError)
 
     def next(self) -> AutoGen:
         """Start the batch after this one (next seeds) in the background."""

@@ -182,7 +182,11 @@ class Pipeline:
 
         Level: by default each take is peak-normalised to −1 dBFS (repaint keeps the source's
         level); `normalize=False` turns that off; `loudness=-14.0` instead scales each take to
-        that integrated loudness in LUFS (ITU-R BS.1770, needs `pyloudnorm`), peaks limited to 0 dBFS."""
+        that integrated loudness in LUFS (ITU-R BS.1770, needs `pyloudnorm`), peaks limited to 0 dBFS.
+
+        `progress(stage, done, total)` is called per DiT step ("dit"), after the VAE decode ("vae") and
+        every few LM tokens ("lm", "lm-codes"). It may raise (e.g. `songstep.errors.Cancelled`)
+        to stop the run there: the exception propagates and the pipeline is free for the next run."""
         if loudness is not None:
             audio.check_loudness_target(loudness)
         normalize = _Level(normalize, loudness)

@@ -199,3 +199,25 @@ def test_progress_covers_planning_tokens(pipe):
     assert ("lm-codes", 53, 53) in seen  # 52 codes + EOS
     lm_done = [(d, t) for s, d, t in seen if s == "lm"]
     assert lm_done[-1][0] == lm_done[-1][1] and len(lm_done) > 1
+
+
+def test_autogen_cancel_stops_a_running_batch(plain):
+    from concurrent.futures import CancelledError
+
+    holder, seen = [], []
+    started = threading.Event()
+
+    def progress(stage, done, total):
+        seen.append((stage, done))
+        started.set()
+        if stage == "dit" and done == 2:
+            holder[0].cancel()  # as a UI would, from another thread, mid-run
+
+    request = GenerationRequest(caption="lofi", duration=10, seed=1, steps=8)
+    holder.append(plain.autogen(request, progress=progress))
+    assert started.wait(60)
+    with pytest.raises(CancelledError):
+        holder[0].result(timeout=120)
+    assert holder[0].cancelled and not holder[0].cancel()  # already stopped
+    assert ("dit", 3) not in seen and not any(s == "vae" for s, _ in seen)
+    assert plain.generate("lofi", duration=10, seed=1).audio.shape[0] == 1  # the pipeline is free again

@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import torch
 
 from songstep.constants import AUDIO_CODE_COUNT, AUDIO_CODE_TOKEN, ENDOFTEXT, THINK_END, THINK_START
-from songstep.errors import CheckpointError, ModelNotFound, SongstepError
+from songstep.errors import CheckpointError, SongstepError
+from songstep.models.folders import component_folder
 from songstep.models.lm_static import (  # noqa: F401 (CACHE_BUCKET: re-exported)
     CACHE_BUCKET,
     StaticQwen3,
@@ -365,19 +366,14 @@ def load_lm(
     `MissingExtra` for `backend="vllm"` without vllm."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = Path(path)
-    if not (root / "config.json").is_file():
-        raise ModelNotFound(f"no LM checkpoint at {root} (config.json missing)")
     if backend == "vllm":
-        VLLMBackend(root)
+        VLLMBackend(path)
     if backend != "transformers":
         raise CheckpointError(f"unknown LM backend {backend!r} (use 'transformers' or 'vllm')")
     dev, dt = default_device_dtype(device, dtype)
-    try:
+    with component_folder(path, "planner LM") as root:
         tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(root, dtype=dt, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot load the LM at {root}: {exc}") from exc
     if getattr(model.config, "model_type", "") != "qwen3":
         logger.warning("LM at %s is %r, expected a qwen3 model", root, model.config.model_type)
     codes = find_audio_codes(tokenizer)

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from songstep.constants import CAPTION_MAX_TOKENS, LYRICS_MAX_TOKENS, TEXT_PAD_ID
-from songstep.errors import CheckpointError, InvalidRequest, ModelNotFound
+from songstep.errors import CheckpointError, InvalidRequest
+from songstep.models.folders import component_folder
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +54,9 @@ class TextEncoder:
         """Load model (`AutoModel`, no LM head) and tokenizer (`AutoTokenizer`) from one folder."""
         from transformers import AutoModel, AutoTokenizer
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ModelNotFound(f"no text-encoder config.json in {path}")
-        try:
+        with component_folder(path, "text encoder") as path:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
-            model = AutoModel.from_pretrained(
-                path, dtype=dtype, trust_remote_code=False, local_files_only=True
-            )
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"cannot load the text encoder from {path}: {exc}") from exc
+            model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False, local_files_only=True)
         logger.info("loaded text encoder from %s (%s, %s)", path, device, dtype)
         return cls(model.to(device=device, dtype=dtype), tokenizer)
 

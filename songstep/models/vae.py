@@ -48,6 +48,7 @@ from songstep.constants import (
     SAMPLE_RATE,
 )
 from songstep.errors import CheckpointError, InvalidAudio, InvalidRequest, ModelNotFound
+from songstep.models.folders import component_folder
 
 logger = logging.getLogger(__name__)
 
@@ -143,19 +144,10 @@ class VAE:
         """Load the diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors)."""
         from diffusers import AutoencoderOobleck
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ModelNotFound(f"no VAE config.json in {path}")
-        try:
+        with component_folder(path, "VAE") as path:
             model = AutoencoderOobleck.from_pretrained(
-                path,
-                use_safetensors=True,
-                torch_dtype=dtype,
-                local_files_only=True,
-                low_cpu_mem_usage=False,
+                path, use_safetensors=True, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False
             )
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"cannot load the VAE from {path}: {exc}") from exc
         vae = cls(model.to(device))
         vae._check_official(path)
         logger.info("loaded VAE from %s (%s, %s)", path, device, dtype)

@@ -27,7 +27,7 @@ from songstep import audio
 from songstep.conditioning import repaint_settings, validate_request
 from songstep.config import GenerationRequest, variant_defaults
 from songstep.constants import AUDIO_CODE_TOKEN, HOP_LENGTH, SAMPLE_RATE
-from songstep.errors import InvalidRequest
+from songstep.errors import InvalidRequest, OutOfMemory
 from songstep.pipeline import planning
 from songstep.pipeline.autogen import AutoGen
 from songstep.pipeline.components import Components, load_components, resolve_lm
@@ -218,6 +218,34 @@ class Pipeline:
         ))
 
     def _generate(self, request: GenerationRequest, *, generator, progress, normalize) -> GenerationResult:
+        """One take set through the DiT and VAE. Out of GPU memory, it frees what it can (the
+        planner LM's KV cache, the allocator's cache) and retries once with the generators'
+        states restored (the same seeds give the same audio); a second failure is `OutOfMemory`
+        with what to change."""
+        states = [g.get_state() for g in planning.item_generators(generator, 1) if g is not None]
+        try:
+            return self._generate_once(request, generator=generator, progress=progress, normalize=normalize)
+        except OOM_ERRORS:
+            log.warning("out of GPU memory; freed %.2f GiB of planner KV cache and retrying once", self._free() / 2**30)
+        for g, state in zip(planning.item_generators(generator, 1), states):
+            g.set_state(state)
+        try:
+            return self._generate_once(request, generator=generator, progress=progress, normalize=normalize)
+        except OOM_ERRORS as exc:
+            raise OutOfMemory(
+                f"out of GPU memory for {request.batch} take(s) of {request.duration or 'the planned'} s "
+                f"({self.tier.name} tier): lower the batch or the duration, load with offload=True, "
+                "or use a smaller planner LM (lm='0.6B' or 'none')"
+            ) from exc
+
+    def _free(self) -> int:
+        """Free GPU memory held between runs; the bytes of planner KV cache freed."""
+        freed = self.planner.lm.backend.release() if self.planner is not None else 0
+        if self.components.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return freed
+
+    def _generate_once(self, request: GenerationRequest, *, generator, progress, normalize) -> GenerationResult:
         c = self.components
         spec = validate_request(request, c.dit.config)
         timings: dict[str, float] = {}
@@ -356,6 +384,7 @@ class Pipeline:
         }
 
 
+OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)  # torch.OutOfMemoryError: ≥ 2.5
 _RUN_KEYS = ("generator", "progress", "normalize", "loudness", "thinking", "plan_options")
 
 
@@ -394,7 +423,5 @@ def _seeds(request: GenerationRequest, generator) -> list[int]:
         return resolve_seeds(request.seed, request.batch)
     gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
     if len(gens) != request.batch:
-        from songstep.errors import InvalidRequest
-
         raise InvalidRequest(f"{len(gens)} generators for a batch of {request.batch}")
     return [g.initial_seed() for g in gens]

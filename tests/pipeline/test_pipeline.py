@@ -129,3 +129,33 @@ def test_output_level_peak_off_and_loudness(turbo) -> None:
     for bad in (5.0, -90.0):
         with pytest.raises(InvalidRequest, match="between -70 and 0 LUFS"):
             turbo.generate("lofi", duration=10, seed=3, loudness=bad)
+
+
+def test_out_of_memory_frees_retries_once_then_explains(turbo, monkeypatch) -> None:
+    """A GPU OOM in the DiT/VAE: free what can be freed, retry once with the generators'
+    states restored (same audio), else `OutOfMemory` saying what to change."""
+    from songstep.errors import OutOfMemory
+    from songstep.pipeline.core import OOM_ERRORS
+
+    want = turbo.generate("lofi", duration=10, seed=21)
+    real = type(turbo)._sample
+    failures = []
+
+    def flaky(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)  # the noise has been drawn: the retry must redraw it
+        if len(failures) < budget[0]:
+            failures.append(1)
+            raise OOM_ERRORS[0]("CUDA out of memory")
+        return out
+
+    monkeypatch.setattr(type(turbo), "_sample", flaky)
+    budget = [1]
+    assert torch.equal(turbo.generate("lofi", duration=10, seed=21).audio, want.audio)
+    failures.clear()
+    own = turbo.generate("lofi", duration=10, generator=torch.Generator().manual_seed(21))
+    assert torch.equal(own.audio, want.audio) and failures == [1]
+    failures.clear()
+    budget = [2]
+    with pytest.raises(OutOfMemory, match="lower the batch or the duration"):
+        turbo.generate("lofi", duration=10, seed=21)
+    assert failures == [1, 1]

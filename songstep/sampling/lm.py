@@ -305,7 +305,7 @@ def _device_schedule(rows: Sequence[DecodeRow], params: SamplingParams, device) 
     None (the CoT grammar needs each token on the host)."""
     if params.repetition_penalty != 1.0:
         return None
-    if not all(r.constraint is not None and hasattr(r.constraint, "schedule") for r in rows):
+    if not all(r.constraint is not None and hasattr(r.constraint, "schedule") and not r.constraint.greedy for r in rows):
         return None
     plans = [r.constraint.schedule(device) for r in rows]
     never = 2**62

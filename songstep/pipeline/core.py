@@ -255,11 +255,13 @@ class Pipeline:
         timings["prepare"] = time.perf_counter() - start
         timings.update(prep.timings)
         latents = self._sample(prep, request, generator, progress, timings)
-        wave = self._decode(prep, latents, timings, progress)
+        wave, fallback = self._decode(prep, latents, timings, progress)
         level = normalize if isinstance(normalize, _Level) else _Level(normalize, None)
         wave = level.apply(wave, keep_level=prep.repaint is not None)
         timings["total"] = time.perf_counter() - start
         params = {**self._params(request, prep), **level.params(keep_level=prep.repaint is not None)}
+        if fallback:
+            params["vae_decode"] = fallback
         return GenerationResult(wave, SAMPLE_RATE, seeds, params, timings, latents)
 
     # -- the planner's other uses --------------------------------------------------------------
@@ -352,18 +354,43 @@ class Pipeline:
         timings["dit"] = time.perf_counter() - t0
         return latents[:, : prep.plan.frames]
 
-    def _decode(self, prep: Prepared, latents: torch.Tensor, timings, progress) -> torch.Tensor:
-        c, t0 = self.components, time.perf_counter()
+    def _decode(self, prep: Prepared, latents: torch.Tensor, timings, progress) -> tuple[torch.Tensor, str | None]:
+        t0 = time.perf_counter()
         if not torch.isfinite(latents).all():
             raise RuntimeError("the DiT produced NaN/Inf latents")
-        with c.on_device("vae"):
-            wave = c.vae.decode(latents, output_device="cpu")
+        wave, fallback = self._vae_decode(latents)
         if progress is not None:
             progress("vae", 1, 1)
         if prep.repaint is not None and prep.source_wave is not None and prep.plan.window is not None:
             wave = torch.stack([splice(w, prep.source_wave, prep.plan.window, prep.wave_crossfade) for w in wave])
         timings["vae"] = time.perf_counter() - t0
-        return wave
+        return wave, fallback
+
+    def _vae_decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+        """VAE decode with upstream's fallbacks when the GPU runs out of memory (features.md §7,
+        pain point #747: degrade, do not abort): the whole batch with the default tiles, then
+        one take at a time, then one take at a time with 256-frame tiles (same 64-frame overlap,
+        so the same audio up to float rounding), then on the CPU. Returns the wave and, when a
+        fallback was used, which one."""
+        c = self.components
+        attempts = [(None, {}), ("per take", {}), ("per take, 256-frame tiles", {"chunk_frames": 256})]
+        for label, tiles in attempts:
+            try:
+                with c.on_device("vae"):
+                    if label is None:
+                        return c.vae.decode(latents, output_device="cpu"), None
+                    parts = [c.vae.decode(z[None], output_device="cpu", **tiles) for z in latents]
+                    return torch.cat(parts), label
+            except OOM_ERRORS:
+                log.warning("VAE decode out of GPU memory (%s); freeing memory and trying smaller pieces", label or "batch")
+                self._free()
+        log.warning("VAE decode out of GPU memory; decoding on the CPU (slow)")
+        device = c.vae.device
+        c.vae.model.to("cpu")
+        try:
+            return c.vae.decode(latents, output_device="cpu"), "cpu"
+        finally:
+            c.vae.model.to(device)
 
     def _params(self, request: GenerationRequest, prep: Prepared) -> dict[str, Any]:
         c = self.components

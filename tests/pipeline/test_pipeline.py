@@ -159,3 +159,27 @@ def test_out_of_memory_frees_retries_once_then_explains(turbo, monkeypatch) -> N
     with pytest.raises(OutOfMemory, match="lower the batch or the duration"):
         turbo.generate("lofi", duration=10, seed=21)
     assert failures == [1, 1]
+
+
+@pytest.mark.parametrize("failures, label", [(1, "per take"), (2, "per take, 256-frame tiles"), (3, "cpu")])
+def test_vae_decode_degrades_instead_of_failing(turbo, monkeypatch, failures, label) -> None:
+    """Out of GPU memory in the VAE: the whole batch, then per take, then per take with smaller
+    tiles, then the CPU; the audio is the same and the params say which fallback ran."""
+    from songstep.pipeline.core import OOM_ERRORS
+
+    want = turbo.generate("lofi", duration=10, seed=4, batch=2)
+    vae = turbo.components.vae
+    real = vae.decode
+    calls = []
+
+    def flaky(latents, **kwargs):
+        calls.append((latents.shape[0], kwargs.get("chunk_frames")))
+        if len(calls) <= failures:
+            raise OOM_ERRORS[0]("CUDA out of memory")
+        return real(latents, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", flaky)
+    got = turbo.generate("lofi", duration=10, seed=4, batch=2)
+    torch.testing.assert_close(got.audio, want.audio, atol=1e-5, rtol=0)
+    assert got.params["vae_decode"] == label and "vae_decode" not in want.params
+    assert calls[0] == (2, None) and ((1, 256) in calls) == (failures >= 2)

@@ -266,5 +266,15 @@ TURBO_DEFAULTS = VariantDefaults(steps=8, shift=3.0, guidance=1.0, max_steps=20)
 CFG_DEFAULTS = VariantDefaults(steps=32, shift=3.0, guidance=7.0, max_steps=200)
 
 
-def variant_defaults(config: DiTConfig) -> VariantDefaults:
-    return TURBO_DEFAULTS if config.is_turbo else CFG_DEFAULTS
+# checkpoints distilled at one shift (their config.json equals turbo's, so the name decides)
+SHIFT_BY_VARIANT = {"turbo-shift1": 1.0, "turbo-shift3": 3.0}
+
+
+def variant_defaults(config: DiTConfig, variant: str | None = None) -> VariantDefaults:
+    """The family's defaults; a checkpoint distilled at one shift defaults to that shift
+    (upstream's UI uses 3.0 for every turbo file, which runs turbo-shift1 off its training
+    shift; pass `shift=3.0` for that)."""
+    base = TURBO_DEFAULTS if config.is_turbo else CFG_DEFAULTS
+    if variant in SHIFT_BY_VARIANT:
+        return dataclasses.replace(base, shift=SHIFT_BY_VARIANT[variant])
+    return base

@@ -60,8 +60,8 @@ class GenerationResult:
         return self.audio.shape[-1] / self.sample_rate
 
 
-def sampler_options(request: GenerationRequest, dit_config) -> SamplerOptions:
-    d = variant_defaults(dit_config)
+def sampler_options(request: GenerationRequest, dit_config, variant: str | None = None) -> SamplerOptions:
+    d = variant_defaults(dit_config, variant)
     settings = repaint_settings(request.repaint_strength)
     return SamplerOptions(
         steps=request.steps if request.steps is not None else d.steps,
@@ -331,7 +331,7 @@ class Pipeline:
 
     def _sample(self, prep: Prepared, request, generator, progress, timings) -> torch.Tensor:
         c, t0 = self.components, time.perf_counter()
-        options = sampler_options(request, c.dit.config)
+        options = sampler_options(request, c.dit.config, c.variant)
         dev, dtype = c.silence.device, c.dit.dtype
         gens = generator if generator is not None else generators(prep.seeds, dev)
         if isinstance(gens, torch.Generator):
@@ -394,7 +394,7 @@ class Pipeline:
 
     def _params(self, request: GenerationRequest, prep: Prepared) -> dict[str, Any]:
         c = self.components
-        options = sampler_options(request, c.dit.config)
+        options = sampler_options(request, c.dit.config, c.variant)
         req = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("source_audio", "reference_audio")}
         for key in ("source_audio", "reference_audio"):
             value = getattr(request, key)

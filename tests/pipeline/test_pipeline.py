@@ -183,3 +183,16 @@ def test_vae_decode_degrades_instead_of_failing(turbo, monkeypatch, failures, la
     torch.testing.assert_close(got.audio, want.audio, atol=1e-5, rtol=0)
     assert got.params["vae_decode"] == label and "vae_decode" not in want.params
     assert calls[0] == (2, None) and ((1, 256) in calls) == (failures >= 2)
+
+
+def test_checkpoint_distilled_at_one_shift_defaults_to_it(turbo) -> None:
+    from songstep.config import GenerationRequest
+    from songstep.pipeline.core import sampler_options
+
+    cfg = turbo.components.dit.config
+    request = GenerationRequest(caption="x", duration=10)
+    assert sampler_options(request, cfg, "turbo").shift == 3.0
+    assert sampler_options(request, cfg, "turbo-shift1").shift == 1.0
+    assert sampler_options(request, cfg, "turbo-shift3").shift == 3.0
+    assert sampler_options(request.replace(shift=2.0), cfg, "turbo-shift1").shift == 2.0  # the user wins
+    assert turbo.generate("lofi", duration=10, seed=1).params["sampler"]["shift"] == 3.0

@@ -28,8 +28,7 @@ import torch
 from songstep.constants import AUDIO_CODE_COUNT, AUDIO_CODE_TOKEN, ENDOFTEXT, THINK_END, THINK_START
 from songstep.errors import CheckpointError, SongstepError
 from songstep.models.folders import component_folder
-from songstep.models.lm_static import (  # noqa: F401 (CACHE_BUCKET: re-exported)
-    CACHE_BUCKET,
+from songstep.models.lm_static import (
     StaticQwen3,
     StaticState,
     check_supported,

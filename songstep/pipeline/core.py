@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from songstep.pipeline.components import Components, load_components, resolve_lm
 from songstep.pipeline.inputs import Prepared, generators, load_wave, prepare, resolve_seeds
 from songstep.pipeline.tiers import Tier, detect_tier
 from songstep.planner import Planner, PlanOptions, Score, SongDescription
+from songstep.planner.core import StageProgress
 from songstep.sampling.dcw import DCWOptions
 from songstep.sampling.dit import generate_latents
 from songstep.sampling.flow import SamplerOptions
@@ -41,7 +41,7 @@ from songstep.sampling.noise import NoiseStream, draw_noise, mix_retake
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
+Progress = StageProgress  # (stage, done, total): the planner reports through the same callback
 
 
 @dataclass
@@ -189,7 +189,7 @@ class Pipeline:
         to stop the run there: the exception propagates and the pipeline is free for the next run."""
         if loudness is not None:
             audio.check_loudness_target(loudness)
-        normalize = _Level(normalize, loudness)
+        level = _Level(normalize, loudness)
         with self._lock:
             spec = validate_request(request, self.components.dit.config)
             think = True if thinking is None else bool(thinking)
@@ -197,10 +197,10 @@ class Pipeline:
             if self.planner is None or not run_lm:
                 if thinking and self.planner is None:
                     log.info("thinking requested but no planner LM is loaded (lm=...)")
-                return self._generate(request, generator=generator, progress=progress, normalize=normalize)
-            return self._run_planned(request, generator, progress, normalize, codes, plan_options)
+                return self._generate(request, generator=generator, progress=progress, level=level)
+            return self._run_planned(request, generator, progress, level, codes, plan_options)
 
-    def _run_planned(self, request, generator, progress, normalize, codes, options) -> GenerationResult:
+    def _run_planned(self, request, generator, progress, level, codes, options) -> GenerationResult:
         t0 = time.perf_counter()
         seeds = _seeds(request, generator)
         plans = planning.plan_takes(self.planner, request, seeds, codes=codes, options=options, tier=self.tier,
@@ -210,27 +210,28 @@ class Pipeline:
         lm_seconds = time.perf_counter() - t0
         gens = planning.item_generators(generator, len(plans))
         results = [
-            self._generate(plan.request, generator=g, progress=progress, normalize=normalize)
+            self._generate(plan.request, generator=g, progress=progress, level=level)
             for plan, g in zip(plans, gens)
         ]
         return GenerationResult(**planning.combine(
             request, plans, results, planner=self.planner, options=options, codes=codes, lm_seconds=lm_seconds
         ))
 
-    def _generate(self, request: GenerationRequest, *, generator, progress, normalize) -> GenerationResult:
+    def _generate(self, request: GenerationRequest, *, generator, progress, level: _Level) -> GenerationResult:
         """One take set through the DiT and VAE. Out of GPU memory, it frees what it can (the
         planner LM's KV cache, the allocator's cache) and retries once with the generators'
         states restored (the same seeds give the same audio); a second failure is `OutOfMemory`
         with what to change."""
-        states = [g.get_state() for g in planning.item_generators(generator, 1) if g is not None]
+        gens = [g for g in planning.item_generators(generator, 1) if g is not None]
+        states = [g.get_state() for g in gens]
         try:
-            return self._generate_once(request, generator=generator, progress=progress, normalize=normalize)
+            return self._generate_once(request, generator=generator, progress=progress, level=level)
         except OOM_ERRORS:
             log.warning("out of GPU memory; freed %.2f GiB of planner KV cache and retrying once", self._free() / 2**30)
-        for g, state in zip(planning.item_generators(generator, 1), states):
+        for g, state in zip(gens, states):
             g.set_state(state)
         try:
-            return self._generate_once(request, generator=generator, progress=progress, normalize=normalize)
+            return self._generate_once(request, generator=generator, progress=progress, level=level)
         except OOM_ERRORS as exc:
             raise OutOfMemory(
                 f"out of GPU memory for {request.batch} take(s) of {request.duration or 'the planned'} s "
@@ -245,7 +246,7 @@ class Pipeline:
             torch.cuda.empty_cache()
         return freed
 
-    def _generate_once(self, request: GenerationRequest, *, generator, progress, normalize) -> GenerationResult:
+    def _generate_once(self, request: GenerationRequest, *, generator, progress, level: _Level) -> GenerationResult:
         c = self.components
         spec = validate_request(request, c.dit.config)
         timings: dict[str, float] = {}
@@ -256,10 +257,10 @@ class Pipeline:
         timings.update(prep.timings)
         latents = self._sample(prep, request, generator, progress, timings)
         wave, fallback = self._decode(prep, latents, timings, progress)
-        level = normalize if isinstance(normalize, _Level) else _Level(normalize, None)
-        wave = level.apply(wave, keep_level=prep.repaint is not None)
+        keep_level = prep.repaint is not None
+        wave = level.apply(wave, keep_level=keep_level)
         timings["total"] = time.perf_counter() - start
-        params = {**self._params(request, prep), **level.params(keep_level=prep.repaint is not None)}
+        params = {**self._params(request, prep), **level.params(keep_level=keep_level)}
         if fallback:
             params["vae_decode"] = fallback
         return GenerationResult(wave, SAMPLE_RATE, seeds, params, timings, latents)

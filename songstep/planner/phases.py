@@ -38,8 +38,9 @@ from songstep.prompts import (
     parse_lm_output,
     user_cot_metadata,
 )
+from songstep.sampling.flow import ProgressFn
 from songstep.sampling.grammar import CodeConstraint, MetadataSpec, target_codes
-from songstep.sampling.lm import DecodeRow, Progress, SamplingParams, decode
+from songstep.sampling.lm import DecodeRow, SamplingParams, decode
 
 if TYPE_CHECKING:
     from songstep.planner.core import Planner
@@ -99,7 +100,7 @@ def sampling(opts: PlanOptions, *, cfg: bool) -> SamplingParams:
 
 def run_phase1(
     planner: Planner, request: GenerationRequest, generators: Sequence[torch.Generator], opts: PlanOptions,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[tuple[str, LMOutput]]:
     """Phase 1 for every item: (raw text, parsed output). Stops at the end of the metadata block
     (no `</think>`); CFG is never applied here."""
@@ -193,7 +194,7 @@ def run_phase2(
     request: GenerationRequest,
     items: Sequence[tuple[dict[str, Any], torch.Generator]],
     opts: PlanOptions,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[str]:
     """Phase 2 for every (metadata, generator) item, CFG rows batched: the code strings."""
     lm = planner.lm

@@ -23,7 +23,7 @@ the host and uses the per-token loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,12 +36,12 @@ from transformers.generation.logits_process import (
 
 from songstep.errors import InvalidRequest, SongstepError
 from songstep.models.lm import HeadRows, LMBackend, head_columns, pad_left
+from songstep.sampling.flow import ProgressFn
 
 logger = logging.getLogger(__name__)
 
 NEG_INF = float("-inf")
 PROGRESS_EVERY = 16  # decode steps between progress reports
-Progress = Callable[[int, int], None]  # (tokens decoded, the phase's token cap)
 
 
 @dataclass(frozen=True)
@@ -175,20 +175,24 @@ class _Step:
         ok = allowed.any(-1)
         return logits.masked_fill(~allowed & ok[:, None], NEG_INF), ok
 
+    def draw(self, logits: torch.Tensor, history=None) -> torch.Tensor:
+        """Columns [B] from masked logits: filtered, tempered and sampled with each row's
+        generator, or argmax at temperature 0 (on the device; no sync)."""
+        if self.params.temperature <= 0:
+            return logits.argmax(-1)
+        probs = probabilities(filter_logits(logits, self.params, history), self.params.temperature)
+        return sample_rows(probs, [r.generator for r in self.rows])
+
     def choose(self, logits: torch.Tensor, history, done: list[bool]) -> list[int]:
         """Token ids (not columns) for every row."""
         logits, ok = self.mask(self.combine(logits), done)
-        greedy_cols = logits.argmax(-1)
+        cols = self.draw(logits, history)
         if self.params.temperature > 0:
-            probs = probabilities(filter_logits(logits, self.params, history), self.params.temperature)
-            cols = sample_rows(probs, [r.generator for r in self.rows])
             greedy = [
                 r.constraint is not None and not d and r.constraint.greedy for r, d in zip(self.rows, done)
             ]
             if any(greedy):
-                cols = torch.where(torch.tensor(greedy, device=cols.device), greedy_cols, cols)
-        else:
-            cols = greedy_cols
+                cols = torch.where(torch.tensor(greedy, device=cols.device), logits.argmax(-1), cols)
         picked = torch.cat([self.columns[cols], ok.long()]).tolist()  # the step's one host sync
         if not all(picked[self.n :]):
             raise SongstepError("the constraint allows no token")
@@ -217,7 +221,7 @@ def decode(
     pad_id: int,
     max_new_tokens: int,
     head: HeadRows | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[DecodeResult]:
     """Decode one phase for every row until EOS or `max_new_tokens`.
 
@@ -271,7 +275,7 @@ class _Reporter:
     """Calls `progress(done, total)` every `PROGRESS_EVERY` steps and once at the end. The step
     count is known on the host, so reporting needs no device sync."""
 
-    def __init__(self, progress: Progress | None, total: int):
+    def __init__(self, progress: ProgressFn | None, total: int):
         self.progress, self.total = progress, total
 
     def __call__(self, t: int) -> None:
@@ -307,14 +311,11 @@ def _device_schedule(rows: Sequence[DecodeRow], params: SamplingParams, device) 
         return None
     if not all(r.constraint is not None and hasattr(r.constraint, "schedule") and not r.constraint.greedy for r in rows):
         return None
-    plans = [r.constraint.schedule(device) for r in rows]
-    never = 2**62
-    due = torch.tensor([never if d is None else d for _, _, d in plans], dtype=torch.long, device=device)
-    dues = [d for _, _, d in plans]
-    steps = None if any(d is None for d in dues) else max(dues) + 1  # + the EOS step
-    before = torch.stack([b for b, _, _ in plans])
-    after = torch.stack([a for _, a, _ in plans])
-    return _Schedule(before, after, due, steps)
+    before, after, dues = zip(*(r.constraint.schedule(device) for r in rows))
+    free = any(d is None for d in dues)
+    due = torch.tensor([2**62 if d is None else d for d in dues], dtype=torch.long, device=device)
+    steps = None if free else max(dues) + 1  # + the EOS step
+    return _Schedule(torch.stack(before), torch.stack(after), due, steps)
 
 
 def _decode_on_device(session, logits, step: _Step, plan: _Schedule, rows, eos_id, pad_id, report: _Reporter):
@@ -331,13 +332,7 @@ def _decode_on_device(session, logits, step: _Step, plan: _Schedule, rows, eos_i
     for t in range(total):
         report(t)
         allowed = torch.where((plan.due > t)[:, None], plan.before, plan.after) | done[:, None]
-        combined = step.combine(logits)
-        masked = combined.masked_fill(~allowed, NEG_INF)
-        if step.params.temperature > 0:
-            probs = probabilities(filter_logits(masked, step.params, None), step.params.temperature)
-            cols = sample_rows(probs, [r.generator for r in rows])
-        else:
-            cols = masked.argmax(-1)
+        cols = step.draw(step.combine(logits).masked_fill(~allowed, NEG_INF))
         tokens = step.columns[cols]
         out[:, t] = torch.where(done, pad_id, tokens)
         done = done | (tokens == eos_id)

@@ -11,11 +11,14 @@
   64 000 valid code rows + EOS are multiplied, a [rows × hidden] matmul instead of the full vocab.
 * `TransformersBackend` implements it: transformers' forward with a dynamic KV cache (CPU
   default), or on CUDA our static-shape Qwen3 runner (`songstep.models.lm_static`) with a
-  preallocated cache, a compiled one-token step and CUDA graphs. `VLLMBackend` is a stub.
+  preallocated cache, a compiled one-token step and CUDA graphs.
+* `VLLMBackend` (`songstep.models.lm_vllm`, the `[vllm]` extra) runs whole requests on a vLLM
+  engine; the decode loop steers each of its sampling steps through a row hook.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 from collections.abc import Sequence
@@ -291,22 +294,6 @@ class _StaticSession:
         return self.backend.head(hidden, self.head_rows)
 
 
-class VLLMBackend:
-    """Placeholder for a vLLM runtime (the `[vllm]` extra).
-
-    vLLM runs its own scheduler loop and has no step-wise `prefill`/`step` API with lock-step
-    CFG rows, so this backend is not implemented: constructing it raises `ImportError` (a
-    `MissingExtra`) when vllm is absent and `NotImplementedError` when it is present. Use
-    `TransformersBackend` (static runner + torch.compile + CUDA graphs on CUDA)."""
-
-    def __init__(self, path: str | Path, **kwargs: Any):
-        try:
-            import vllm  # noqa: F401
-        except ImportError as exc:
-            raise MissingExtra("the vLLM backend needs the vllm extra: pip install 'songstep[vllm]'") from exc
-        raise NotImplementedError("the vLLM planner backend is not implemented; use backend='transformers'")
-
-
 class MissingExtra(ImportError, SongstepError):
     """An optional dependency group is not installed."""
 
@@ -316,7 +303,7 @@ class PlannerLM:
     """A loaded planner LM: tokenizer, model, backend and the ids the sampler needs."""
 
     tokenizer: Any
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None on the vLLM backend (the engine holds the weights)
     backend: LMBackend
     codes: AudioCodeVocab
     path: Path
@@ -357,31 +344,55 @@ def load_lm(
     static_cache: bool | None = None,
     compile: bool | None = None,
     cuda_graph: bool | None = None,
+    vllm_options: dict[str, Any] | None = None,
 ) -> PlannerLM:
     """Load an `acestep-5Hz-lm-*` folder (or `write_tiny_lm` output).
 
-    `static_cache`, `compile` and `cuda_graph` choose the runner (see `TransformersBackend`).
-    Raises `ModelNotFound` for a missing folder, `CheckpointError` for an unusable one,
-    `MissingExtra` for `backend="vllm"` without vllm."""
+    `backend`: "transformers" (default) or "vllm" (`VLLMBackend`, options in `vllm_options`,
+    e.g. `max_rows`, `max_model_len`, `kv_cache_bytes`; the engine picks its own device).
+    `static_cache`, `compile` and `cuda_graph` choose the transformers runner (see
+    `TransformersBackend`). Raises `ModelNotFound` for a missing folder, `CheckpointError` for an
+    unusable one, `MissingExtra` for `backend="vllm"` without vllm."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if backend == "vllm":
-        VLLMBackend(path)
-    if backend != "transformers":
+    if backend not in ("transformers", "vllm"):
         raise CheckpointError(f"unknown LM backend {backend!r} (use 'transformers' or 'vllm')")
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise MissingExtra("the vLLM backend needs the vllm extra: pip install 'songstep[vllm]'")
     dev, dt = default_device_dtype(device, dtype)
+    if backend == "vllm":
+        return _load_vllm(path, dt, vllm_options or {})
     with component_folder(path, "planner LM") as root:
         tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(root, dtype=dt, trust_remote_code=False)
     if getattr(model.config, "model_type", "") != "qwen3":
         logger.warning("LM at %s is %r, expected a qwen3 model", root, model.config.model_type)
     codes = find_audio_codes(tokenizer)
-    if model.config.vocab_size < codes.first_id + codes.count:
-        raise CheckpointError(
-            f"model vocab {model.config.vocab_size} is smaller than the tokenizer's audio codes "
-            f"(up to id {codes.first_id + codes.count - 1})"
-        )
+    _check_vocab(model.config.vocab_size, codes)
     model = model.to(dev).eval()
     lm_backend = TransformersBackend(model, static_cache=static_cache, compile=compile, cuda_graph=cuda_graph)
     logger.info("loaded LM %s on %s (%s), codes at ids %d..", root.name, dev, dt, codes.first_id)
     return PlannerLM(tokenizer=tokenizer, model=model, backend=lm_backend, codes=codes, path=root)
+
+
+def _check_vocab(vocab_size: int, codes: AudioCodeVocab) -> None:
+    if vocab_size < codes.first_id + codes.count:
+        raise CheckpointError(
+            f"model vocab {vocab_size} is smaller than the tokenizer's audio codes "
+            f"(up to id {codes.first_id + codes.count - 1})"
+        )
+
+
+def _load_vllm(path: str | Path, dtype: torch.dtype, options: dict[str, Any]) -> PlannerLM:
+    from transformers import AutoTokenizer
+
+    from songstep.models.lm_vllm import VLLMBackend
+
+    options = dict(options)
+    with component_folder(path, "planner LM") as root:
+        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
+        codes = find_audio_codes(tokenizer)
+        backend = VLLMBackend(root, dtype=options.pop("dtype", dtype), **options)
+    _check_vocab(backend.vocab_size, codes)
+    logger.info("loaded LM %s on vLLM, codes at ids %d..", root.name, codes.first_id)
+    return PlannerLM(tokenizer=tokenizer, model=None, backend=backend, codes=codes, path=root)

@@ -118,10 +118,19 @@ class Planner:
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None, **kwargs: Any
+        cls,
+        folder: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        backend: str = "transformers",
+        vllm_options: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> Planner:
-        """Load an `acestep-5Hz-lm-*` folder; `kwargs` go to `Planner(...)`."""
-        return cls(load_lm(folder, device=device, dtype=dtype), **kwargs)
+        """Load an `acestep-5Hz-lm-*` folder on `backend` ("transformers" or "vllm", see
+        `load_lm`); `kwargs` go to `Planner(...)`."""
+        lm = load_lm(folder, device=device, dtype=dtype, backend=backend, vllm_options=vllm_options)
+        return cls(lm, **kwargs)
 
     @property
     def name(self) -> str:

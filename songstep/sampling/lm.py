@@ -36,7 +36,9 @@ from transformers.generation.logits_process import (
 
 from songstep.errors import InvalidRequest, SongstepError
 from songstep.models.lm import HeadRows, LMBackend, head_columns, pad_left
+from songstep.models.lm_vllm import VLLMBackend
 from songstep.sampling.flow import ProgressFn
+from songstep.sampling.lm_vllm import decode_vllm
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +237,13 @@ def decode(
     _check_rows(rows, params)
     if max_new_tokens <= 0:
         return [DecodeResult() for _ in rows]
+    if isinstance(backend, VLLMBackend):
+        if head is not None:
+            raise InvalidRequest("the vLLM backend computes the full LM head: decode with head=None")
+        return decode_vllm(
+            backend, rows, params, eos_id=eos_id, max_new_tokens=max_new_tokens,
+            steps=planned_steps(rows, max_new_tokens), progress=progress,
+        )
     prompts = [r.prompt for r in rows]
     if params.uses_cfg:
         prompts += [r.uncond_prompt for r in rows]
@@ -269,6 +278,15 @@ def decode(
     report.finish()
     logger.debug("decoded %d rows: %s tokens", len(rows), [len(r.tokens) for r in results])
     return results
+
+
+def planned_steps(rows: Sequence[DecodeRow], max_new_tokens: int) -> int:
+    """Decode steps when every row's constraint fixes its length (codes due + the EOS step),
+    else `max_new_tokens`."""
+    dues = [r.constraint.schedule()[2] if hasattr(r.constraint, "schedule") else None for r in rows]
+    if any(d is None for d in dues):
+        return max_new_tokens
+    return min(max(dues) + 1, max_new_tokens)
 
 
 class _Reporter:

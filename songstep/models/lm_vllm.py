@@ -1,0 +1,293 @@
+"""The planner LM on vLLM (the `[vllm]` extra; `load_lm(path, backend="vllm")`).
+
+vLLM runs its own scheduler, so this backend has no step-wise `prefill`/`step`; instead it takes
+whole requests (`VLLMRequest`) and lets the caller steer every sampling step through a *row
+hook*: a function registered under a key that gets the batch logits of its rows (the
+conditional row and, with CFG, the unconditional one) before vLLM's own temperature and
+sampling, and may rewrite them. `songstep.sampling.lm` uses it to apply, per step and exactly as
+the transformers path does, CFG, the grammar constraint, the repetition penalty, top-k and top-p
+(vLLM's own top-k/top-p and penalties stay off, so the order is upstream's PyTorch order).
+
+Lock-step CFG: the two rows of a pair ask for the same seed and the hook writes the same logits
+into both, so vLLM samples the same token for both (its per-request generator sees the same
+number of draws). A pair is only in lock-step while both rows are in every batch, so requests
+are grouped to fit the scheduler's token budget and the KV cache (no chunked or split prefill,
+no preemption); the hook reports a pair that fell out of step, and the caller raises.
+
+The hooks live in this process: the engine must run in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
+single-worker executor), which this module sets before importing vllm.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from songstep.errors import SongstepError
+
+logger = logging.getLogger(__name__)
+
+# key -> hook(logits [N, V] float32, rows {role: (batch index, output token ids)})
+RowHook = Callable[[torch.Tensor, dict[str, tuple[int, list[int]]]], None]
+_HOOKS: dict[str, RowHook] = {}
+KEY_ARG, ROLE_ARG = "songstep_row", "songstep_role"
+COND, UNCOND = "cond", "uncond"
+
+
+def _hook_processor_class():
+    """vLLM's `LogitsProcessor` subclass that dispatches batch rows to the registered hooks.
+    Built lazily so that importing this module does not import vllm."""
+    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+    class RowHookProcessor(LogitsProcessor):
+        """Tracks which batch row belongs to which (key, role) and calls the hooks. Not argmax
+        invariant: it runs before penalties, temperature and sampling."""
+
+        def __init__(self, vllm_config, device, is_pin_memory):
+            self.slots: dict[int, tuple[str, str, list[int]]] = {}
+
+        def is_argmax_invariant(self) -> bool:
+            return False
+
+        def update_state(self, batch_update: BatchUpdate | None) -> None:
+            if batch_update is None:
+                return
+            for index in batch_update.removed:
+                self.slots.pop(index, None)
+            for index, params, _prompt, output in batch_update.added:
+                args = params.extra_args or {} if params is not None else {}
+                if KEY_ARG in args:
+                    self.slots[index] = (args[KEY_ARG], args.get(ROLE_ARG, COND), output)
+                else:
+                    self.slots.pop(index, None)
+            for a, b, direction in batch_update.moved:
+                sa, sb = self.slots.pop(a, None), self.slots.pop(b, None)
+                if sa is not None:
+                    self.slots[b] = sa
+                if direction == MoveDirectionality.SWAP and sb is not None:
+                    self.slots[a] = sb
+
+        def apply(self, logits: torch.Tensor) -> torch.Tensor:
+            groups: dict[str, dict[str, tuple[int, list[int]]]] = {}
+            for index, (key, role, output) in self.slots.items():
+                if index < logits.shape[0]:
+                    groups.setdefault(key, {})[role] = (index, output)
+            for key, rows in groups.items():
+                hook = _HOOKS.get(key)
+                if hook is not None:
+                    hook(logits, rows)
+            return logits
+
+    return RowHookProcessor
+
+
+@contextmanager
+def row_hooks(hooks: dict[str, RowHook]) -> Iterator[None]:
+    """Register `hooks` for the duration of a generation."""
+    _HOOKS.update(hooks)
+    try:
+        yield
+    finally:
+        for key in hooks:
+            _HOOKS.pop(key, None)
+
+
+@dataclass
+class VLLMRequest:
+    """One sequence to generate: prompt ids, an optional unconditional prompt (a CFG pair,
+    generated in lock-step with the same seed), the hook key and the stop settings."""
+
+    prompt: Sequence[int]
+    uncond_prompt: Sequence[int] | None = None
+    seed: int = 0
+    max_tokens: int = 1
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class VLLMOutput:
+    tokens: list[int]  # generated ids, the stop token included when it was sampled
+    uncond_tokens: list[int] | None = None
+
+
+def _engine_bytes_per_token(config: Any) -> int:
+    """KV-cache bytes per token of a transformers-style config (K and V, every layer)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.bfloat16
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, torch.bfloat16)
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.empty(0, dtype=dtype).element_size()
+
+
+class VLLMBackend:
+    """The planner LM served by a `vllm.LLM` (see the module docstring).
+
+    `max_rows` bounds the rows decoded together (a batch of N with CFG is 2N rows),
+    `max_model_len` each row's prompt + generated tokens; the KV cache is sized to hold
+    `max_rows` full rows (`kv_cache_bytes` overrides). `engine_kwargs` go to `vllm.LLM`.
+    Teacher-forced `logits` (AutoScore) are not available on this backend."""
+
+    restricted_head = False  # vLLM computes the full LM head; constraints see full-vocab logits
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        dtype: torch.dtype | str = "auto",
+        max_model_len: int = 4096,
+        max_rows: int = 16,
+        kv_cache_bytes: int | None = None,
+        enforce_eager: bool | None = None,
+        **engine_kwargs: Any,
+    ):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the row hooks live in this process
+        from transformers import AutoConfig
+        from vllm import LLM
+
+        config = AutoConfig.from_pretrained(path)
+        self.max_rows = int(max_rows)
+        self.max_model_len = int(max_model_len)
+        self.max_batched_tokens = self.max_rows * self.max_model_len
+        self.kv_cache_bytes = int(kv_cache_bytes or self.max_batched_tokens * _engine_bytes_per_token(config))
+        if isinstance(dtype, torch.dtype):
+            dtype = str(dtype).removeprefix("torch.")
+        on_cuda = torch.cuda.is_available()
+        kwargs: dict[str, Any] = dict(
+            model=str(path),
+            tokenizer=str(path),
+            dtype=dtype,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.max_rows,
+            max_num_batched_tokens=self.max_batched_tokens,
+            kv_cache_memory_bytes=self.kv_cache_bytes,
+            logits_processors=[_hook_processor_class()],
+            enable_prefix_caching=True,
+            distributed_executor_backend="uni",
+            enforce_eager=(not on_cuda) if enforce_eager is None else enforce_eager,
+            seed=0,
+        )
+        kwargs.update(engine_kwargs)
+        self.llm = LLM(**kwargs)
+        engine = self.llm.llm_engine
+        self.vocab_size = int(engine.model_config.get_vocab_size())
+        self.device = torch.device("cpu")  # where the planner's generators live (seeds only)
+        self.block_size = int(engine.vllm_config.cache_config.block_size)
+        blocks = getattr(engine.vllm_config.cache_config, "num_gpu_blocks", None)
+        self.kv_tokens = int(blocks) * self.block_size if blocks else self.max_batched_tokens
+        logger.info(
+            "vLLM planner LM %s: %d rows x %d tokens, KV cache %.2f GB (%d tokens)",
+            Path(path).name, self.max_rows, self.max_model_len, self.kv_cache_bytes / 1e9, self.kv_tokens,
+        )
+
+    # -- the LMBackend protocol parts that make sense here ----------------------------------------
+
+    def prefill(self, *args: Any, **kwargs: Any):
+        raise NotImplementedError("the vLLM backend has no step-wise decoding; use generate()")
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        raise SongstepError(
+            "teacher-forced logits (AutoScore) need the transformers LM backend; load the planner "
+            "with backend='transformers' to score takes"
+        )
+
+    def release(self) -> int:
+        """vLLM keeps its KV cache allocated for the engine's lifetime; only the prefix cache is
+        dropped. Returns 0 (no bytes freed)."""
+        self.llm.reset_prefix_cache()
+        return 0
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def groups(self, requests: Sequence[VLLMRequest]) -> list[list[VLLMRequest]]:
+        """Split requests into groups that run as one batch from the first step to the last:
+        rows ≤ `max_rows`, prompts ≤ the scheduler's token budget, full rows ≤ the KV cache."""
+        out: list[list[VLLMRequest]] = []
+        group: list[VLLMRequest] = []
+        rows = prompt = kv = 0
+        for req in requests:
+            prompts = [req.prompt] + ([req.uncond_prompt] if req.uncond_prompt is not None else [])
+            r_rows = len(prompts)
+            r_prompt = sum(len(p) for p in prompts)
+            r_kv = sum(self._blocks(len(p) + req.max_tokens) for p in prompts) * self.block_size
+            longest = max(len(p) for p in prompts) + req.max_tokens
+            if longest > self.max_model_len or r_rows > self.max_rows or r_kv > self.kv_tokens:
+                raise SongstepError(
+                    f"an LM request of {longest} tokens does not fit the vLLM engine "
+                    f"(max_model_len {self.max_model_len}, KV cache {self.kv_tokens} tokens)"
+                )
+            if group and (rows + r_rows > self.max_rows or prompt + r_prompt > self.max_batched_tokens or kv + r_kv > self.kv_tokens):
+                out.append(group)
+                group, rows, prompt, kv = [], 0, 0, 0
+            group.append(req)
+            rows, prompt, kv = rows + r_rows, prompt + r_prompt, kv + r_kv
+        if group:
+            out.append(group)
+        return out
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def generate(
+        self,
+        requests: Sequence[VLLMRequest],
+        sampling: dict[str, Any],
+        hooks: dict[str, RowHook],
+        *,
+        stop_token_id: int,
+        on_step: Callable[[], None] | None = None,
+    ) -> list[VLLMOutput]:
+        """Generate every request (in `groups`) with vLLM `SamplingParams(**sampling)` plus each
+        request's seed, max_tokens and hook key; stops at `stop_token_id` only. `on_step()` runs
+        after every engine step; an exception from it (or from a hook) aborts the group."""
+        from vllm import SamplingParams
+
+        results: dict[str, VLLMOutput] = {}
+        for group in self.groups(requests):
+            ids: dict[str, tuple[str, str]] = {}
+            engine = self.llm.llm_engine
+            with row_hooks({r.key: hooks[r.key] for r in group}):
+                try:
+                    for req in group:
+                        pairs = [(COND, req.prompt)]
+                        if req.uncond_prompt is not None:
+                            pairs.append((UNCOND, req.uncond_prompt))
+                        for role, prompt in pairs:
+                            rid = f"{req.key}-{role}"
+                            params = SamplingParams(
+                                **sampling,
+                                seed=req.seed,
+                                max_tokens=req.max_tokens,
+                                ignore_eos=True,
+                                stop_token_ids=[stop_token_id],
+                                detokenize=False,
+                                extra_args={KEY_ARG: req.key, ROLE_ARG: role},
+                            )
+                            engine.add_request(rid, {"prompt_token_ids": list(prompt)}, params)
+                            ids[rid] = (req.key, role)
+                    while engine.has_unfinished_requests():
+                        for out in engine.step():
+                            if out.finished and out.request_id in ids:
+                                key, role = ids[out.request_id]
+                                tokens = list(out.outputs[0].token_ids)
+                                slot = results.setdefault(key, VLLMOutput(tokens=[]))
+                                if role == COND:
+                                    slot.tokens = tokens
+                                else:
+                                    slot.uncond_tokens = tokens
+                        if on_step is not None:
+                            on_step()
+                except BaseException:
+                    engine.abort_request(list(ids))
+                    while engine.has_unfinished_requests():  # drain the aborted requests
+                        engine.step()
+                    raise
+        return [results[r.key] for r in requests]

@@ -134,7 +134,7 @@ class VLLMBackend:
     `max_rows` bounds the rows decoded together (a batch of N with CFG is 2N rows),
     `max_model_len` each row's prompt + generated tokens; the KV cache is sized to hold
     `max_rows` full rows (`kv_cache_bytes` overrides). `engine_kwargs` go to `vllm.LLM`.
-    Teacher-forced `logits` (AutoScore) are not available on this backend."""
+    AutoScore reads `target_stats` (vLLM's prompt logprobs) instead of full logits."""
 
     restricted_head = False  # vLLM computes the full LM head; constraints see full-vocab logits
 
@@ -195,9 +195,25 @@ class VLLMBackend:
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         raise SongstepError(
-            "teacher-forced logits (AutoScore) need the transformers LM backend; load the planner "
-            "with backend='transformers' to score takes"
+            "the vLLM backend gives no full teacher-forced logits; AutoScore uses target_stats"
         )
+
+    def target_stats(self, ids: Sequence[int], start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-probability and rank (1 = argmax, over the full vocabulary) of
+        every token `ids[start:]` given the tokens before it, from vLLM's prompt logprobs of
+        the raw logits: float32 [T] and long [T]."""
+        from vllm import SamplingParams
+
+        if not 0 < start <= len(ids):
+            raise SongstepError(f"target start {start} outside the {len(ids)} ids")
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        (out,) = self.llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)
+        log_probs, ranks = [], []
+        for pos in range(start, len(ids)):
+            entry = out.prompt_logprobs[pos][ids[pos]]
+            log_probs.append(float(entry.logprob))
+            ranks.append(int(entry.rank))
+        return torch.tensor(log_probs, dtype=torch.float32), torch.tensor(ranks, dtype=torch.long)
 
     def release(self) -> int:
         """vLLM keeps its KV cache allocated for the engine's lifetime; only the prefix cache is

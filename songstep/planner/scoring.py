@@ -101,25 +101,57 @@ def lyrics_target(lyrics: str) -> str:
     return f"<think>\n</think>\n# Lyric\n{lyrics}\n"
 
 
+def ranks_recall(ranks: torch.Tensor, k: int = TOPK) -> float:
+    """`topk_recall` from each target token's rank (1 = argmax). Empty → 0."""
+    if ranks.numel() == 0:
+        return 0.0
+    weights = torch.where(ranks <= k, 1.0 - (ranks.float() - 1.0) / k, torch.zeros_like(ranks, dtype=torch.float))
+    return float(weights.mean())
+
+
+class Forced:
+    """What one teacher-forced target gives: logits and targets (transformers backend), or the
+    target tokens' log-probabilities and ranks (vLLM backend, from its prompt logprobs)."""
+
+    def __init__(self, logits=None, targets=None, log_probs=None, ranks=None):
+        self.logits, self.targets, self.log_probs, self.ranks = logits, targets, log_probs, ranks
+
+    def recall(self, k: int) -> float:
+        if self.ranks is not None:
+            return ranks_recall(self.ranks, k)
+        return topk_recall(self.logits, self.targets, k=k)
+
+    def mean_log_prob(self) -> float:
+        if self.log_probs is not None:
+            return float(self.log_probs.mean()) if self.log_probs.numel() else float("-inf")
+        return mean_log_prob(self.logits, self.targets)
+
+
 class TeacherForcer:
-    """Logits predicting a target text after a prompt, via the backend's teacher-forced forward."""
+    """The LM's view of a target text after a prompt: the backend's teacher-forced logits, or
+    (a backend with `target_stats`, e.g. vLLM) the targets' log-probabilities and ranks."""
 
     def __init__(self, planner: Planner):
         self.planner = planner
 
-    def __call__(self, prompt: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, prompt: str, target: str) -> Forced:
         lm = self.planner.lm
         prompt_len = len(lm.encode(prompt))
         ids = lm.encode(prompt + target)
+        targets = torch.tensor(ids[prompt_len:], dtype=torch.long)
         if len(ids) <= prompt_len:
-            return torch.empty(0, lm.backend.vocab_size), torch.empty(0, dtype=torch.long)
+            return Forced(torch.empty(0, lm.backend.vocab_size), targets)
+        stats = getattr(lm.backend, "target_stats", None)
+        if stats is not None:
+            log_probs, ranks = stats(ids, prompt_len)
+            return Forced(targets=targets, log_probs=log_probs, ranks=ranks)
         logits = lm.backend.logits(torch.tensor([ids], dtype=torch.long))[0]
-        return logits[prompt_len - 1 : -1].float().cpu(), torch.tensor(ids[prompt_len:], dtype=torch.long)
+        return Forced(logits[prompt_len - 1 : -1].float().cpu(), targets)
 
 
 def _pmi(forcer: TeacherForcer, cond: str, uncond: str, target: str, scale: float) -> tuple[float, float]:
-    lp_cond = mean_log_prob(*forcer(cond, target))
-    lp_uncond = mean_log_prob(*forcer(uncond, target))
+    lp_cond = forcer(cond, target).mean_log_prob()
+    lp_uncond = forcer(uncond, target).mean_log_prob()
     pmi = lp_cond - lp_uncond
     return pmi, sigmoid(pmi / scale)
 
@@ -144,7 +176,7 @@ def score_codes(
     pmis: dict[str, float] = {}
     for key in METADATA_KEYS:
         if metadata.get(key) is not None:
-            fields[key] = topk_recall(*forcer(cond, field_target(key, metadata[key])), k=topk)
+            fields[key] = forcer(cond, field_target(key, metadata[key])).recall(topk)
     cap = metadata.get("caption") or caption
     if cap and str(cap).strip():
         pmis["caption"], fields["caption"] = _pmi(forcer, cond, uncond, field_target("caption", cap), scale)

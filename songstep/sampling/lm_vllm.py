@@ -117,15 +117,14 @@ def decode_vllm(
     from songstep.sampling.lm import DecodeResult, _Reporter
 
     steers = [_Steer(row, params, eos_id) for row in rows]
-    requests = [
-        VLLMRequest(
-            prompt=row.prompt,
-            uncond_prompt=row.uncond_prompt if params.uses_cfg else None,
-            seed=row_seed(row.generator),
-            max_tokens=max_new_tokens,
-        )
-        for row in rows
-    ]
+    requests = []
+    for row in rows:
+        uncond = row.uncond_prompt if params.uses_cfg else None
+        room = backend.max_model_len - max(len(row.prompt), len(uncond or ()))
+        if room <= 0:
+            raise SongstepError(f"an LM prompt of {len(row.prompt)} tokens fills the vLLM max_model_len {backend.max_model_len}")
+        # like the transformers path's cap, but within the engine's context length
+        requests.append(VLLMRequest(row.prompt, uncond, row_seed(row.generator), min(max_new_tokens, room)))
     sampling = {"temperature": max(params.temperature, 0.0), "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
     groups = len(backend.groups(requests))
     report = _Reporter(progress, (steps or max_new_tokens) * groups)

@@ -1,0 +1,128 @@
+"""The vLLM decode glue without vLLM: the row hook's logits processing and request grouping."""
+
+import pytest
+import torch
+
+from songstep.errors import SongstepError
+from songstep.models.lm_vllm import COND, UNCOND, VLLMBackend, VLLMRequest
+from songstep.sampling.grammar import CodeConstraint
+from songstep.sampling.lm import DecodeRow, SamplingParams, cfg_combine, filter_logits
+from songstep.sampling.lm_vllm import _Steer, row_seed
+
+EOS = 9
+
+
+def _logits(rows=4, vocab=12, seed=0):
+    return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_cfg_pair_gets_the_processed_logits_in_both_rows():
+    params = SamplingParams(temperature=0.9, top_k=5, top_p=0.8, cfg_scale=2.5)
+    row = DecodeRow([1, 2, 3], [4], CodeConstraint(range(0, 8), EOS, target=3, vocab_size=12))
+    steer = _Steer(row, params, EOS)
+    logits = _logits()
+    raw = logits.clone()
+    steer(logits, {COND: (2, []), UNCOND: (0, [])})
+    expected = cfg_combine(raw[2], raw[0], 2.5)
+    expected[8:] = float("-inf")  # codes 0..7 only while codes are due
+    expected = filter_logits(expected[None], params)[0]
+    assert torch.equal(logits[2], expected) and torch.equal(logits[0], expected)
+    assert torch.equal(logits[1], raw[1]) and torch.equal(logits[3], raw[3])  # other rows untouched
+    kept = torch.isfinite(expected).nonzero().flatten()
+    assert 1 <= kept.numel() < 5 and bool((kept < 8).all())  # top-k 5 of the 8 codes, then top-p
+    assert steer.error is None and not steer.desync
+
+
+def test_constraint_follows_the_generated_tokens():
+    params = SamplingParams(temperature=1.0, top_p=1.0)
+    row = DecodeRow([1], None, CodeConstraint(range(0, 8), EOS, target=2, vocab_size=12))
+    steer = _Steer(row, params, EOS)
+    logits = _logits(1)
+    steer(logits, {COND: (0, [3, 5])})  # two codes done: only EOS is allowed now
+    assert row.constraint.count == 2
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [EOS]
+
+
+def test_repetition_penalty_sees_prompt_and_output():
+    params = SamplingParams(temperature=1.0, top_p=1.0, repetition_penalty=1.5)
+    steer = _Steer(DecodeRow([1, 2]), params, EOS)
+    logits = _logits(1)
+    raw = logits.clone()
+    steer(logits, {COND: (0, [4, EOS])})
+    history = [torch.tensor([1, 2, 4])]
+    assert torch.equal(logits[0], filter_logits(raw, params, history)[0])
+
+
+def test_greedy_constraint_keeps_only_the_argmax():
+    class Greedy:
+        finished, greedy = False, True
+
+        def allowed(self, device="cpu"):
+            return torch.tensor([True] * 6 + [False] * 6)
+
+        def advance(self, token):
+            pass
+
+    logits = _logits(1)
+    best = int(logits[0, :6].argmax())
+    _Steer(DecodeRow([1], None, Greedy()), SamplingParams(temperature=0.8), EOS)(logits, {COND: (0, [])})
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [best]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        {COND: (0, [3])},  # the unconditional row is missing
+        {COND: (0, [3]), UNCOND: (1, [])},  # it is a token behind
+        {COND: (0, [3]), UNCOND: (1, [4])},  # it took another token
+        {UNCOND: (1, [3])},  # the conditional row is missing
+    ],
+)
+def test_cfg_pair_out_of_step_is_stopped_and_reported(rows):
+    steer = _Steer(DecodeRow([1], [2]), SamplingParams(cfg_scale=2.0), EOS)
+    logits = _logits(2)
+    steer(logits, rows)
+    assert steer.desync
+    for index, _ in rows.values():
+        assert torch.isfinite(logits[index]).nonzero().flatten().tolist() == [EOS]
+
+
+def test_constraint_error_is_kept_and_the_row_stopped():
+    class Nothing:
+        finished, greedy = False, False
+
+        def allowed(self, device="cpu"):
+            return torch.zeros(12, dtype=torch.bool)
+
+        def advance(self, token):
+            pass
+
+    steer = _Steer(DecodeRow([1], None, Nothing()), SamplingParams(), EOS)
+    logits = _logits(1)
+    steer(logits, {COND: (0, [])})
+    assert isinstance(steer.error, SongstepError)
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [EOS]
+
+
+def test_row_seed_follows_the_generator():
+    a = row_seed(torch.Generator().manual_seed(5))
+    assert a == row_seed(torch.Generator().manual_seed(5)) != row_seed(torch.Generator().manual_seed(6))
+    assert 0 <= a < 2**31 and row_seed(None) == 0
+
+
+def _grouping_backend(max_rows=4, max_model_len=100, kv_tokens=400, block=16):
+    backend = VLLMBackend.__new__(VLLMBackend)  # no engine: only the grouping arithmetic
+    backend.max_rows, backend.max_model_len = max_rows, max_model_len
+    backend.max_batched_tokens, backend.kv_tokens, backend.block_size = max_rows * max_model_len, kv_tokens, block
+    return backend
+
+
+def test_groups_fit_rows_and_kv_cache():
+    backend = _grouping_backend()
+    pair = [VLLMRequest([1] * 30, [2] * 10, max_tokens=34) for _ in range(3)]
+    groups = backend.groups(pair)
+    assert [len(g) for g in groups] == [2, 1]  # 2 pairs = 4 rows = max_rows
+    tight = _grouping_backend(kv_tokens=160)  # a pair needs 4 + 3 blocks of 16 = 112 tokens
+    assert [len(g) for g in tight.groups(pair)] == [1, 1, 1]
+    with pytest.raises(SongstepError, match="does not fit"):
+        backend.groups([VLLMRequest([1] * 90, max_tokens=20)])

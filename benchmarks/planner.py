@@ -7,6 +7,9 @@
                                                         # code-row head
     python benchmarks/planner.py --config 1.7B --runner hf                # transformers + DynamicCache
     python benchmarks/planner.py --config 0.6B --no-cuda-graph --full-head   # other baselines
+    python benchmarks/planner.py --config 1.7B --runner vllm              # the vLLM backend (dummy weights)
+    python benchmarks/planner.py --tiny --runner vllm   # CPU, vLLM's CPU build
+(the tiny LM has head_dim 32 for every runner: vLLM's CPU attention kernels need ≥ 32)
 
 Prints one JSON object: tokens/s and ms/token per phase, and the memory-bandwidth floor of the
 code phase: bytes read per step (weights, with only the code rows + EOS of the head, plus the
@@ -58,25 +61,51 @@ def random_full_size_lm(name: str, tokenizer_dir: Path, **runner) -> PlannerLM:
     `runner` goes to `TransformersBackend` (static_cache, compile, cuda_graph)."""
     from transformers import AutoTokenizer, Qwen3ForCausalLM
 
-    hidden, layers, heads, kv, inter = SHAPES[name]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     codes = find_audio_codes(tokenizer)
-    config = tiny_qwen3_config(
-        REAL_VOCAB,
-        codes.eos_id,
-        tokenizer.pad_token_id,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        intermediate_size=inter,
-        head_dim=128,
-        max_position_embeddings=40960,
-    )
+    config = _full_size_config(name, tokenizer)
     with torch.device("cuda"):
         model = Qwen3ForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
     backend = TransformersBackend(model, **runner)
     return PlannerLM(tokenizer=tokenizer, model=model, backend=backend, codes=codes, path=tokenizer_dir)
+
+
+VLLM_TINY = dict(head_dim=32, hidden_size=64, num_attention_heads=2, num_key_value_heads=1)  # CPU kernels: head_dim ≥ 32
+
+
+def _full_size_config(name: str, tokenizer):
+    hidden, layers, heads, kv, inter = SHAPES[name]
+    codes = find_audio_codes(tokenizer)
+    return tiny_qwen3_config(
+        REAL_VOCAB, codes.eos_id, tokenizer.pad_token_id, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter, head_dim=128,
+        max_position_embeddings=40960,
+    )
+
+
+def vllm_lm(folder: Path, config_name: str | None) -> PlannerLM:
+    """The vLLM backend over `folder` (a tiny LM), or over a Qwen3-`config_name`-shaped config
+    written next to the tiny tokenizer with vLLM's random ("dummy") weights, bf16."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from songstep.models.lm_vllm import VLLMBackend
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    options: dict = {"max_rows": 2, "max_model_len": 4096, "dtype": torch.float32}
+    if config_name is not None:
+        full = folder.parent / f"qwen3-{config_name}"
+        full.mkdir(exist_ok=True)
+        for item in folder.iterdir():
+            if item.name.startswith("tokenizer") or item.name == "generation_config.json":
+                shutil.copy(item, full / item.name)
+        config = _full_size_config(config_name, tokenizer)
+        config.dtype = torch.bfloat16
+        config.save_pretrained(full)
+        folder, options = full, {**options, "load_format": "dummy", "dtype": torch.bfloat16}
+    backend = VLLMBackend(folder, **options)
+    return PlannerLM(tokenizer=tokenizer, model=None, backend=backend, codes=find_audio_codes(tokenizer), path=folder)
 
 
 def run_cot(lm: PlannerLM, vocab: GrammarVocab, caption_tokens: int, seed: int = 0):
@@ -102,7 +131,7 @@ def run_codes(lm: PlannerLM, cot_text: str, n_codes: int, max_new: int, restrict
     uncond = lm.encode(
         render_chat_prompt(lm.tokenizer, build_phase2_prompt(CAPTION, LYRICS, cot, unconditional=True))
     )
-    head = lm.codes.head_rows() if restricted else None
+    head = lm.codes.head_rows() if restricted and getattr(lm.backend, "restricted_head", True) else None
     columns = head_columns(head, lm.backend.vocab_size)
     code_ids = range(lm.codes.first_id, lm.codes.first_id + lm.codes.valid)
     constraint = CodeConstraint(code_ids, lm.eos_id, n_codes, columns=columns)
@@ -122,10 +151,11 @@ def run_codes(lm: PlannerLM, cot_text: str, n_codes: int, max_new: int, restrict
 def bandwidth_floor(lm: PlannerLM, restricted: bool, context: float, rows: int, bandwidth: float) -> dict:
     """Bytes one code-phase step must read: the weights once (head: code rows + EOS only, or the
     full vocab; the input embedding table is read one row per token), plus K and V of `context` tokens for each of the `rows` sequences."""
-    cfg = lm.model.config
-    elem = next(lm.model.parameters()).element_size()
-    embed = lm.model.get_input_embeddings().weight
-    body = sum(p.numel() for n, p in lm.model.named_parameters() if p is not embed and "lm_head" not in n)
+    model = lm.model if lm.model is not None else _meta_model(lm)
+    cfg = model.config
+    elem = next(model.parameters()).element_size()
+    embed = model.get_input_embeddings().weight
+    body = sum(p.numel() for n, p in model.named_parameters() if p is not embed and "lm_head" not in n)
     head_rows = (lm.codes.valid + 1) if restricted else cfg.vocab_size
     weights = (body + head_rows * cfg.hidden_size) * elem
     kv = rows * context * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * elem
@@ -135,6 +165,15 @@ def bandwidth_floor(lm: PlannerLM, restricted: bool, context: float, rows: int, 
         "floor_ms_weights": weights / bandwidth * 1e3,
         "floor_ms_weights_kv": (weights + kv) / bandwidth * 1e3,
     }
+
+
+def _meta_model(lm: PlannerLM):
+    """The model's shapes without weights (the vLLM backend keeps its own)."""
+    from transformers import AutoConfig, Qwen3ForCausalLM
+
+    config = AutoConfig.from_pretrained(lm.path)
+    with torch.device("meta"):
+        return Qwen3ForCausalLM(config).to(config.dtype or torch.float32)
 
 
 def _phase(tokens: int, seconds: float) -> dict:
@@ -154,9 +193,9 @@ def _parse(argv):
     parser.add_argument("--device", default="cpu", help="device of the tiny LM")
     parser.add_argument(
         "--runner",
-        choices=("static", "hf"),
+        choices=("static", "hf", "vllm"),
         help="static: our static-cache Qwen3 step (default on CUDA); hf: transformers + DynamicCache "
-        "(default on CPU)",
+        "(default on CPU); vllm: the vLLM backend (full head)",
     )
     parser.add_argument("--config", choices=sorted(SHAPES), default="1.7B", help="full-size shape (CUDA)")
     parser.add_argument("--codes", type=int, default=1200, help="codes to generate (240 s × 5 Hz)")
@@ -183,6 +222,8 @@ def _runner_kwargs(args) -> dict:
 
 
 def _build(args, folder: Path) -> PlannerLM:
+    if args.runner == "vllm":
+        return vllm_lm(folder, None if args.tiny else args.config)
     if args.tiny:
         return load_lm(folder, device=args.device, **_runner_kwargs(args))
     if not torch.cuda.is_available():
@@ -193,6 +234,7 @@ def _build(args, folder: Path) -> PlannerLM:
 def _measure(args, lm: PlannerLM, restricted: bool) -> dict:
     """Each timed phase runs after a short warm-up on the same (batch, cache-length bucket), so
     compiles and CUDA-graph captures (the static runner on CUDA) stay out of the timings."""
+    restricted = restricted and getattr(lm.backend, "restricted_head", True)
     vocab = GrammarVocab.from_tokenizer(lm.tokenizer, lm.backend.vocab_size)
     max_new = args.codes + 10
     start = time.perf_counter()
@@ -224,6 +266,8 @@ def _measure(args, lm: PlannerLM, restricted: bool) -> dict:
 def _runner_state(lm: PlannerLM) -> dict:
     """What actually ran (compile and graph capture fall back to eager on failure)."""
     backend = lm.backend
+    if lm.model is None:  # vLLM: its own compile / CUDA-graph settings
+        return {}
     if not backend.static_cache:
         return {"compile": False, "cuda_graph": False}
     runner = backend.runner
@@ -237,17 +281,18 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        lm = _build(args, write_tiny_lm(Path(tmp) / "lm"))
+        lm = _build(args, write_tiny_lm(Path(tmp) / "lm", **VLLM_TINY))  # one tiny shape for every runner
         load_s = time.perf_counter() - start
         log.info("model ready in %.1f s", load_s)
         measured = _measure(args, lm, restricted)
+        dtype = _meta_model(lm).dtype if lm.model is None else lm.model.dtype
     report = {
         "model": "tiny" if args.tiny else f"qwen3-{args.config}-random",
-        "device": torch.cuda.get_device_name() if lm.backend.device.type == "cuda" else "cpu",
-        "dtype": str(lm.model.dtype).replace("torch.", ""),
-        "runner": "static" if lm.backend.static_cache else "hf",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "cpu",
+        "dtype": str(dtype).replace("torch.", ""),
+        "runner": args.runner or ("static" if lm.backend.static_cache else "hf"),
         **_runner_state(lm),
-        "head": "codes+eos" if restricted else "full",
+        "head": "codes+eos" if restricted and getattr(lm.backend, "restricted_head", True) else "full",
         "cfg_scale": 2.0,
         "load_s": round(load_s, 2),
         **measured,

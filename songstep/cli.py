@@ -49,6 +49,8 @@ def _lm_flags(p: argparse.ArgumentParser, *, lm_default: str | None, thinking: b
     g = p.add_argument_group("planner LM")
     default = "auto: by GPU tier, none on CPU" if lm_default is None else "auto: by GPU tier, else 1.7B"
     g.add_argument("--lm", default=lm_default, help=f"auto | none | 0.6B | 1.7B | 4B | LM folder (default: {default})")
+    g.add_argument("--lm-backend", choices=("transformers", "vllm"), default="transformers",
+                   help="planner runtime; vllm needs the [vllm] extra (default: %(default)s)")
     if thinking:
         g.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
                        help="let the LM write audio codes for the DiT (default: on when an LM is loaded)")
@@ -266,7 +268,8 @@ def run_task(args: argparse.Namespace) -> int:
         audio.check_loudness_target(args.loudness)  # before minutes of model loading
     variant = args.variant or ("base" if get_task(kw["task"]).needs_turbo_off else "turbo")
     pipe = Pipeline.from_pretrained(args.model, variant=variant, device=args.device, offload=args.offload, root=args.root,
-                                    offline=args.offline, lm=_lm_choice(args))
+                                    offline=args.offline, lm=_lm_choice(args),
+                                    lm_backend=getattr(args, "lm_backend", "transformers"))
     if pipe.planner is not None and getattr(args, "max_new_tokens", None):
         pipe.planner.max_new_tokens = args.max_new_tokens
     progress, close = _progress_bar(args.quiet)
@@ -298,7 +301,8 @@ def _load_planner(args: argparse.Namespace):
         from songstep.errors import InvalidRequest
 
         raise InvalidRequest("this command needs the planner LM; pass --lm 0.6B, 1.7B, 4B or an LM folder")
-    return Planner.from_pretrained(folder, device=device, max_duration=tier.max_duration_lm, max_new_tokens=args.max_new_tokens)
+    return Planner.from_pretrained(folder, device=device, max_duration=tier.max_duration_lm, max_new_tokens=args.max_new_tokens,
+                                   backend=args.lm_backend)
 
 
 def _print_json(data: Any) -> None:
@@ -341,7 +345,8 @@ def run_understand(args: argparse.Namespace) -> int:
         from songstep.pipeline import Pipeline
 
         pipe = Pipeline.from_pretrained(args.model, variant=args.variant or "turbo", device=args.device, offload=args.offload,
-                                        root=args.root, offline=args.offline, lm=_lm_choice_for_tool(args))
+                                        root=args.root, offline=args.offline, lm=_lm_choice_for_tool(args),
+                                        lm_backend=args.lm_backend)
         desc = pipe.understand(str(args.file), seed=args.seed, **_sampling(args))
     _print_json(desc.to_dict())
     return 0

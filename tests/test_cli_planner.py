@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -85,3 +86,9 @@ def test_plan_shows_progress_unless_quiet(tiny_tree, capsys):
     assert main([*args, "--quiet"]) == 0
     quiet = capsys.readouterr()
     assert "writing codes" not in quiet.err and json.loads(quiet.out)["code_count"] == 50
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm installed")
+def test_vllm_backend_without_the_extra_is_a_clear_error(tiny_tree, capsys):
+    assert main(["plan", *_lm(tiny_tree), "--duration", "10", "--lm-backend", "vllm"]) == 1
+    assert "songstep[vllm]" in capsys.readouterr().err

@@ -118,11 +118,16 @@ class VLLMOutput:
     uncond_tokens: list[int] | None = None
 
 
-def _engine_bytes_per_token(config: Any) -> int:
-    """KV-cache bytes per token of a transformers-style config (K and V, every layer)."""
+KV_MARGIN_TOKENS = 256  # per row: vLLM's block rounding and bookkeeping
+
+
+def _engine_bytes_per_token(config: Any, dtype: torch.dtype | str) -> int:
+    """KV-cache bytes per token of a transformers-style config (K and V, every layer) in the
+    engine's dtype ("auto": the config's, else bf16)."""
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.bfloat16
+    if dtype == "auto":
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.bfloat16
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, torch.bfloat16)
     return 2 * config.num_hidden_layers * heads * head_dim * torch.empty(0, dtype=dtype).element_size()
@@ -157,9 +162,11 @@ class VLLMBackend:
         self.max_rows = int(max_rows)
         self.max_model_len = int(max_model_len)
         self.max_batched_tokens = self.max_rows * self.max_model_len
-        self.kv_cache_bytes = int(kv_cache_bytes or self.max_batched_tokens * _engine_bytes_per_token(config))
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).removeprefix("torch.")
+        per_token = _engine_bytes_per_token(config, dtype)
+        rows_tokens = self.max_rows * (self.max_model_len + KV_MARGIN_TOKENS)
+        self.kv_cache_bytes = int(kv_cache_bytes or rows_tokens * per_token)
         on_cuda = torch.cuda.is_available()
         kwargs: dict[str, Any] = dict(
             model=str(path),

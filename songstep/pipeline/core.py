@@ -120,11 +120,14 @@ class Pipeline:
         offline: bool = False,
         tier: Tier | None = None,
         lm: str | Path | None = "auto",
+        lm_backend: str = "transformers",
+        vllm_options: dict | None = None,
     ) -> Pipeline:
         """Load from a local checkpoints directory or a hub repository (downloaded into `root`).
         `offload=None` follows the GPU tier picked from free memory (≤ 12 GB: offload).
         `lm`: the planner — "auto" (the tier's size; none on CPU or ≤ 6 GB), "none", "0.6B",
-        "1.7B", "4B" or an LM folder."""
+        "1.7B", "4B" or an LM folder; `lm_backend`: "transformers" or "vllm" (the `[vllm]`
+        extra; `vllm_options` go to `VLLMBackend`)."""
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tier = tier or detect_tier(dev)
         offload = tier.offload if offload is None else offload
@@ -134,7 +137,10 @@ class Pipeline:
         folder = resolve_lm(model, lm, tier.lm, root, offline)
         planner = None
         if folder is not None:
-            planner = Planner.from_pretrained(folder, device=dev, dtype=dtype, max_duration=tier.max_duration_lm)
+            planner = Planner.from_pretrained(
+                folder, device=dev, dtype=dtype, max_duration=tier.max_duration_lm, backend=lm_backend,
+                vllm_options=vllm_options,
+            )
         return cls(components, tier, planner)
 
     # -- task methods ------------------------------------------------------------------------

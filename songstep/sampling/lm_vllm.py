@@ -53,7 +53,7 @@ class _Steer:
         while self.seen < len(tokens):
             tok = int(tokens[self.seen])
             self.seen += 1
-            if constraint is not None and not constraint.finished:
+            if constraint is not None:
                 constraint.advance(tok)
             if tok == self.eos_id:
                 break
@@ -77,8 +77,10 @@ class _Steer:
             x = logits[index].float()
             if cfg:
                 x = self._combine(x, logits[uncond[0]], self.params.cfg_scale)
+            # as the host loop: a row's constraint masks every step until the row's EOS (a grammar
+            # that reached its end still allows only EOS)
             constraint = self.row.constraint
-            active = constraint is not None and not constraint.finished
+            active = constraint is not None
             if active:
                 allowed = constraint.allowed(x.device)
                 if not bool(allowed.any()):

@@ -46,6 +46,7 @@ def test_deterministic_sampling_matches_the_transformers_backend(on_vllm, on_hf,
     """With one candidate per step (top-k 1 or greedy) the draw cannot differ, so the two
     backends must agree token for token: CFG, grammar, masks and filters in the same order."""
     a, b = on_vllm.plan(REQUEST, seed=3, **options), on_hf.plan(REQUEST, seed=3, **options)
+    assert a.text == b.text  # raw phase-1 text (ends at the grammar's EOS) + codes
     assert a.request.audio_codes == b.request.audio_codes
     assert (a.request.bpm, a.request.keyscale, a.request.timesignature, a.request.caption) == (
         b.request.bpm, b.request.keyscale, b.request.timesignature, b.request.caption,
@@ -61,6 +62,7 @@ def test_sampled_plans_are_reproducible_and_batch_items_match_single_plans(on_vl
     assert [p.request.audio_codes for p in batch] == [p.request.audio_codes for p in again]
     assert single.request.audio_codes == batch[1].request.audio_codes
     assert len({p.request.audio_codes for p in batch}) == 3
+    assert all("<|audio_code_" not in p.cot_text for p in batch)
     assert all(_codes(p) == 60 and p.request.bpm == 120 for p in batch)
 
 
@@ -127,3 +129,17 @@ def test_row_hook_processor_tracks_batch_moves():
     assert proc.slots == {2: ("a", COND, out_a), 1: ("a", UNCOND, out_b)}
     proc.update_state(BatchUpdate(batch_size=2, removed=[1], added=[], moved=[(2, 0, MoveDirectionality.UNIDIRECTIONAL)]))
     assert proc.slots == {0: ("a", COND, out_a)}
+
+
+def test_cli_plan_on_vllm(folder, on_vllm, capsys):
+    """`songstep plan --lm-backend vllm` (a second engine in this process)."""
+    import json
+
+    from songstep.cli import main
+
+    code = main(["plan", "--lm", str(folder), "--lm-backend", "vllm", "--device", "cpu", "--caption", "lofi",
+                 "--duration", "10", "--seed", "3", "--quiet"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    plan = json.loads(out.out)
+    assert plan["code_count"] == 50 and plan["seed"] == 3

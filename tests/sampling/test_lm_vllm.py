@@ -69,6 +69,23 @@ def test_greedy_constraint_keeps_only_the_argmax():
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [best]
 
 
+def test_a_grammar_at_its_end_still_masks_until_eos():
+    """llguidance reports `finished` once only EOS can follow; the row must still be masked."""
+
+    class Ended:
+        finished, greedy = True, False
+
+        def allowed(self, device="cpu"):
+            return torch.arange(12) == EOS
+
+        def advance(self, token):
+            pass
+
+    logits = _logits(1)
+    _Steer(DecodeRow([1], None, Ended()), SamplingParams(temperature=0.8), EOS)(logits, {COND: (0, [4])})
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [EOS]
+
+
 @pytest.mark.parametrize(
     "rows",
     [

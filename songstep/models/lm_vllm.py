@@ -118,6 +118,7 @@ class VLLMOutput:
     uncond_tokens: list[int] | None = None
 
 
+PROMPT_BUDGET = 2048  # prompt tokens per row that one prefill step holds
 KV_MARGIN_TOKENS = 256  # per row: vLLM's block rounding and bookkeeping
 
 
@@ -137,8 +138,11 @@ class VLLMBackend:
     """The planner LM served by a `vllm.LLM` (see the module docstring).
 
     `max_rows` bounds the rows decoded together (a batch of N with CFG is 2N rows),
-    `max_model_len` each row's prompt + generated tokens; the KV cache is sized to hold
-    `max_rows` full rows (`kv_cache_bytes` overrides). `engine_kwargs` go to `vllm.LLM`.
+    `max_model_len` each row's prompt + generated tokens, `max_batched_tokens` the prompt tokens
+    of one group (default `max_rows` × 2 048); the KV cache is sized to hold `max_rows` full
+    rows (`kv_cache_bytes` overrides). Rows that do not fit run in later groups. On CUDA the
+    engine is told to expect 90% of the memory free at start-up, at most (other models may be
+    loaded). `engine_kwargs` go to `vllm.LLM` (e.g. `enforce_eager`, `load_format`).
     AutoScore reads `target_stats` (vLLM's prompt logprobs) instead of full logits."""
 
     restricted_head = False  # vLLM computes the full LM head; constraints see full-vocab logits
@@ -150,6 +154,7 @@ class VLLMBackend:
         dtype: torch.dtype | str = "auto",
         max_model_len: int = 4096,
         max_rows: int = 16,
+        max_batched_tokens: int | None = None,
         kv_cache_bytes: int | None = None,
         enforce_eager: bool | None = None,
         **engine_kwargs: Any,
@@ -161,7 +166,8 @@ class VLLMBackend:
         config = AutoConfig.from_pretrained(path)
         self.max_rows = int(max_rows)
         self.max_model_len = int(max_model_len)
-        self.max_batched_tokens = self.max_rows * self.max_model_len
+        # prompts of one group prefill in one step: room for max_rows prompts of 2 048 tokens
+        self.max_batched_tokens = int(max_batched_tokens or max(self.max_model_len, self.max_rows * PROMPT_BUDGET))
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).removeprefix("torch.")
         per_token = _engine_bytes_per_token(config, dtype)
@@ -182,6 +188,11 @@ class VLLMBackend:
             enforce_eager=(not on_cuda) if enforce_eager is None else enforce_eager,
             seed=0,
         )
+        if on_cuda and "gpu_memory_utilization" not in engine_kwargs:
+            # with an explicit KV cache size vLLM only checks this share is free at start-up;
+            # the DiT and VAE may already hold part of the GPU
+            free, total = torch.cuda.mem_get_info()
+            kwargs["gpu_memory_utilization"] = round(max(0.05, min(0.9, 0.9 * free / total)), 3)
         kwargs.update(engine_kwargs)
         self.llm = LLM(**kwargs)
         engine = self.llm.llm_engine

@@ -52,6 +52,8 @@ class _Steer:
         constraint = self.row.constraint
         while self.seen < len(tokens):
             tok = int(tokens[self.seen])
+            if tok < 0:  # vLLM's placeholder for a token still in flight (async scheduling)
+                break
             self.seen += 1
             if constraint is not None:
                 constraint.advance(tok)

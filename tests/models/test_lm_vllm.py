@@ -143,3 +143,18 @@ def test_cli_plan_on_vllm(folder, on_vllm, capsys):
     assert code == 0, out.err
     plan = json.loads(out.out)
     assert plan["code_count"] == 50 and plan["seed"] == 3
+
+
+def test_pipeline_generates_with_the_vllm_planner(tiny_tree, folder, on_vllm):
+    """Pipeline.from_pretrained(lm_backend="vllm"): the plan's codes drive the tiny DiT."""
+    from songstep.constants import HOP_LENGTH
+    from songstep.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_tree, variant="turbo", device="cpu", lm=str(folder), lm_backend="vllm")
+    pipe.planner.caption_max_tokens = 12
+    r = pipe.generate("lofi piano", "[Verse]\nla la", duration=10.4, seed=3)
+    item = r.params["items"][0]
+    assert item["task"] == "cover" and item["frames"] == 52 * 5
+    assert r.audio.shape == (1, 2, 52 * 5 * HOP_LENGTH)
+    again = pipe.generate("lofi piano", "[Verse]\nla la", duration=10.4, seed=3)
+    assert torch.equal(again.audio, r.audio)

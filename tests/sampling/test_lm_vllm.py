@@ -143,3 +143,12 @@ def test_groups_fit_rows_and_kv_cache():
     assert [len(g) for g in tight.groups(pair)] == [1, 1, 1]
     with pytest.raises(SongstepError, match="does not fit"):
         backend.groups([VLLMRequest([1] * 90, max_tokens=20)])
+
+
+def test_catch_up_waits_for_tokens_in_flight():
+    row = DecodeRow([1], None, CodeConstraint(range(0, 8), EOS, target=3, vocab_size=12))
+    steer = _Steer(row, SamplingParams(), EOS)
+    steer.catch_up([2, -1])  # async scheduling: the second token is not known yet
+    assert (steer.seen, row.constraint.count) == (1, 1)
+    steer.catch_up([2, 6])
+    assert (steer.seen, row.constraint.count) == (2, 2)

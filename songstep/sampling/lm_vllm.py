@@ -46,6 +46,19 @@ class _Steer:
         self.seen = 0  # generated tokens already fed to the constraint
         self.error: BaseException | None = None
         self.desync = False
+        self.ok: torch.Tensor | None = None  # every step's constraint allowed some token (on device)
+
+    def raise_if_failed(self, uncond_tokens=None, tokens=None) -> None:
+        """After the run: the row's failure, if any, as an exception."""
+        if self.ok is not None and not bool(self.ok):
+            raise SongstepError("the constraint allows no token")
+        if self.error is not None:
+            raise self.error
+        if self.desync or (self.params.uses_cfg and uncond_tokens != tokens):
+            raise SongstepError(
+                "vLLM ran a CFG pair out of lock-step (a row was preempted or prefilled alone); "
+                "lower the batch size or raise the vLLM backend's max_rows/KV cache"
+            )
 
     def catch_up(self, tokens: Sequence[int]) -> None:
         """Advance the constraint over the tokens generated since the last call (up to EOS)."""
@@ -84,10 +97,12 @@ class _Steer:
             constraint = self.row.constraint
             active = constraint is not None
             if active:
+                # as the host loop, without a device sync: a row whose constraint allows nothing
+                # is left unmasked (finite sampling), remembered, and reported after the run
                 allowed = constraint.allowed(x.device)
-                if not bool(allowed.any()):
-                    raise SongstepError("the constraint allows no token")
-                x = x.masked_fill(~allowed, float("-inf"))
+                ok = allowed.any()
+                self.ok = ok if self.ok is None else self.ok & ok
+                x = x.masked_fill(~allowed & ok, float("-inf"))
             if self.params.temperature > 0:
                 history = None
                 if self.params.repetition_penalty != 1.0:
@@ -148,13 +163,7 @@ def decode_vllm(
     )
     results = []
     for steer, out in zip(steers, outputs):
-        if steer.error is not None:
-            raise steer.error
-        if steer.desync or (params.uses_cfg and out.uncond_tokens != out.tokens):
-            raise SongstepError(
-                "vLLM ran a CFG pair out of lock-step (a row was preempted or prefilled alone); "
-                "lower the batch size or raise the vLLM backend's max_rows/KV cache"
-            )
+        steer.raise_if_failed(out.uncond_tokens, out.tokens)
         steer.catch_up(out.tokens)
         result = DecodeResult()
         for tok in out.tokens:

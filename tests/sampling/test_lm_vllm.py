@@ -102,9 +102,11 @@ def test_cfg_pair_out_of_step_is_stopped_and_reported(rows):
     assert steer.desync
     for index, _ in rows.values():
         assert torch.isfinite(logits[index]).nonzero().flatten().tolist() == [EOS]
+    with pytest.raises(SongstepError, match="lock-step"):
+        steer.raise_if_failed()
 
 
-def test_constraint_error_is_kept_and_the_row_stopped():
+def test_a_constraint_that_allows_nothing_is_reported_after_the_run():
     class Nothing:
         finished, greedy = False, False
 
@@ -117,8 +119,20 @@ def test_constraint_error_is_kept_and_the_row_stopped():
     steer = _Steer(DecodeRow([1], None, Nothing()), SamplingParams(), EOS)
     logits = _logits(1)
     steer(logits, {COND: (0, [])})
+    assert torch.isfinite(logits[0]).any()  # left unmasked (no device sync), so sampling stays finite
+    with pytest.raises(SongstepError, match="allows no token"):
+        steer.raise_if_failed()
+
+
+def test_an_error_in_the_hook_stops_the_row_and_is_raised_after():
+    row = DecodeRow([1], None, CodeConstraint(range(0, 8), EOS, target=1, vocab_size=12))
+    steer = _Steer(row, SamplingParams(), EOS)
+    logits = _logits(1)
+    steer(logits, {COND: (0, [11])})  # 11 is neither a code nor EOS: the constraint refuses it
     assert isinstance(steer.error, SongstepError)
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [EOS]
+    with pytest.raises(SongstepError, match="neither a valid audio code"):
+        steer.raise_if_failed()
 
 
 def test_row_seed_follows_the_generator():

@@ -2,9 +2,9 @@
 
 vLLM runs its own scheduler, so this backend has no step-wise `prefill`/`step`; instead it takes
 whole requests (`VLLMRequest`) and lets the caller steer every sampling step through a *row
-hook*: a function registered under a key that gets the batch logits of its rows (the
-conditional row and, with CFG, the unconditional one) before vLLM's own temperature and
-sampling, and may rewrite them. `songstep.sampling.lm` uses it to apply, per step and exactly as
+hook*: a function registered for one `generate` call that gets the batch logits and which rows
+belong to which request (its conditional row and, with CFG, its unconditional one) before vLLM's
+own temperature and sampling, and rewrites them for all its rows at once. `songstep.sampling.lm` uses it to apply, per step and exactly as
 the transformers path does, CFG, the grammar constraint, the repetition penalty, top-k and top-p
 (vLLM's own top-k/top-p and penalties stay off, so the order is upstream's PyTorch order).
 
@@ -25,7 +25,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ from songstep.errors import SongstepError
 
 logger = logging.getLogger(__name__)
 
-# key -> hook(logits [N, V] float32, rows {role: (batch index, output token ids)})
+# key -> hook(logits [N, V] float32, rows {role: (batch index, output token ids)}); one key per
+# generate call, roles "cond:i" / "uncond:i" for its request i
 RowHook = Callable[[torch.Tensor, dict[str, tuple[int, list[int]]]], None]
 _HOOKS: dict[str, RowHook] = {}
 KEY_ARG, ROLE_ARG = "songstep_row", "songstep_role"
@@ -103,13 +104,12 @@ def row_hooks(hooks: dict[str, RowHook]) -> Iterator[None]:
 @dataclass
 class VLLMRequest:
     """One sequence to generate: prompt ids, an optional unconditional prompt (a CFG pair,
-    generated in lock-step with the same seed), the hook key and the stop settings."""
+    generated in lock-step with the same seed), its seed and token cap."""
 
     prompt: Sequence[int]
     uncond_prompt: Sequence[int] | None = None
     seed: int = 0
     max_tokens: int = 1
-    key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -274,28 +274,33 @@ class VLLMBackend:
         self,
         requests: Sequence[VLLMRequest],
         sampling: dict[str, Any],
-        hooks: dict[str, RowHook],
+        hook: RowHook,
         *,
         stop_token_id: int,
         on_step: Callable[[], None] | None = None,
     ) -> list[VLLMOutput]:
         """Generate every request (in `groups`) with vLLM `SamplingParams(**sampling)` plus each
-        request's seed, max_tokens and hook key; stops at `stop_token_id` only. `on_step()` runs
-        after every engine step; an exception from it (or from a hook) aborts the group."""
+        request's seed and max_tokens; stops at `stop_token_id` only. Every step, `hook` gets
+        the logits and the rows of the requests in the batch, by role `"cond:i"` / `"uncond:i"`
+        (i: the request's index in `requests`). `on_step()` runs after every engine step; an
+        exception from it aborts the group."""
         from vllm import SamplingParams
 
-        results: dict[str, VLLMOutput] = {}
-        for group in self.groups(requests):
-            ids: dict[str, tuple[str, str]] = {}
-            engine = self.llm.llm_engine
-            with row_hooks({r.key: hooks[r.key] for r in group}):
+        key = uuid.uuid4().hex
+        results = [VLLMOutput(tokens=[]) for _ in requests]
+        index = {id(r): i for i, r in enumerate(requests)}
+        engine = self.llm.llm_engine
+        with row_hooks({key: hook}):
+            for group in self.groups(requests):
+                ids: dict[str, tuple[int, str]] = {}
                 try:
                     for req in group:
-                        pairs = [(COND, req.prompt)]
+                        i = index[id(req)]
+                        prompts = [(COND, req.prompt)]
                         if req.uncond_prompt is not None:
-                            pairs.append((UNCOND, req.uncond_prompt))
-                        for role, prompt in pairs:
-                            rid = f"{req.key}-{role}"
+                            prompts.append((UNCOND, req.uncond_prompt))
+                        for role, prompt in prompts:
+                            rid = f"{key}-{i}-{role}"
                             params = SamplingParams(
                                 **sampling,
                                 seed=req.seed,
@@ -303,20 +308,19 @@ class VLLMBackend:
                                 ignore_eos=True,
                                 stop_token_ids=[stop_token_id],
                                 detokenize=False,
-                                extra_args={KEY_ARG: req.key, ROLE_ARG: role},
+                                extra_args={KEY_ARG: key, ROLE_ARG: f"{role}:{i}"},
                             )
                             engine.add_request(rid, {"prompt_token_ids": list(prompt)}, params)
-                            ids[rid] = (req.key, role)
+                            ids[rid] = (i, role)
                     while engine.has_unfinished_requests():
                         for out in engine.step():
                             if out.finished and out.request_id in ids:
-                                key, role = ids[out.request_id]
+                                i, role = ids[out.request_id]
                                 tokens = list(out.outputs[0].token_ids)
-                                slot = results.setdefault(key, VLLMOutput(tokens=[]))
                                 if role == COND:
-                                    slot.tokens = tokens
+                                    results[i].tokens = tokens
                                 else:
-                                    slot.uncond_tokens = tokens
+                                    results[i].uncond_tokens = tokens
                         if on_step is not None:
                             on_step()
                 except BaseException:
@@ -324,4 +328,4 @@ class VLLMBackend:
                     while engine.has_unfinished_requests():  # drain the aborted requests
                         engine.step()
                     raise
-        return [results[r.key] for r in requests]
+        return results

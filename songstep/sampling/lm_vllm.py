@@ -1,13 +1,14 @@
 """`decode` on the vLLM backend (`songstep.models.lm_vllm`): the same logits processing per step
 as the transformers path, applied inside vLLM's sampler through a row hook.
 
-Per step and row (pair): CFG combine in fp32 → constraint mask → repetition penalty → top-k →
-top-p on the untempered logits (`filter_logits`, the same functions as `songstep.sampling.lm`);
-a greedy constraint step keeps only the argmax. vLLM then applies the temperature and samples
-with the row's seed (its own sampler: the distribution is the same as the transformers path,
-the draw is not, so the two backends give different tokens for one seed; each is reproducible).
-Both rows of a CFG pair get the processed logits and the same seed, so they sample the same
-token; a pair that fell out of lock-step is reported as an error, never decoded silently.
+Every step, for all rows of the batch at once and with the host loop's own code (`_Step.combine`
+and `_Step.mask` of `songstep.sampling.lm`, then `filter_logits`): CFG combine in fp32 →
+constraint mask → repetition penalty → top-k → top-p on the untempered logits; a greedy
+constraint step keeps only the argmax. vLLM then applies the temperature and samples with each
+row's seed (its own sampler: the distribution is the transformers path's, the draw is not, so
+the two backends give different tokens for one seed; each is reproducible). Both rows of a CFG
+pair get the processed logits and the same seed, so they sample the same token; a pair that fell
+out of lock-step is reported as an error, never decoded silently.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from songstep.sampling.flow import ProgressFn
 logger = logging.getLogger(__name__)
 
 SEED_RANGE = 2**31 - 1
+NEG_INF = float("-inf")
 
 
 def row_seed(generator: torch.Generator | None) -> int:
@@ -33,92 +35,113 @@ def row_seed(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, SEED_RANGE, (1,), generator=generator, device=generator.device))
 
 
+def _pairs(slots: dict[str, tuple[int, list[int]]]) -> dict[int, dict[str, tuple[int, list[int]]]]:
+    """`{"cond:3": entry, "uncond:3": entry}` → `{3: {"cond": entry, "uncond": entry}}`."""
+    out: dict[int, dict[str, tuple[int, list[int]]]] = {}
+    for role, entry in slots.items():
+        kind, _, row = role.partition(":")
+        out.setdefault(int(row), {})[kind] = entry
+    return out
+
+
 class _Steer:
-    """The row hook of one decode row: turns vLLM's raw logits of the row (pair) into the
-    processed logits the transformers path samples from."""
+    """The row hook of one `decode_vllm` call: turns vLLM's raw logits of its rows into the
+    processed logits the transformers path samples from, for every row of the batch at once."""
 
-    def __init__(self, row, params, eos_id: int):
-        from songstep.sampling.lm import cfg_combine, filter_logits
+    def __init__(self, rows, params, eos_id: int):
+        from songstep.sampling.lm import _Step, filter_logits
 
-        self._combine, self._filter = cfg_combine, filter_logits
-        self.row, self.params, self.eos_id = row, params, eos_id
-        self.prompt = torch.as_tensor(list(row.prompt), dtype=torch.long)
-        self.seen = 0  # generated tokens already fed to the constraint
-        self.error: BaseException | None = None
-        self.desync = False
-        self.ok: torch.Tensor | None = None  # every step's constraint allowed some token (on device)
+        self._step_class, self._filter = _Step, filter_logits
+        self.rows, self.params, self.eos_id = list(rows), params, eos_id
+        self.prompts = [torch.as_tensor(list(r.prompt), dtype=torch.long) for r in self.rows]
+        self.seen = [0] * len(self.rows)  # generated tokens already fed to each row's constraint
+        self.errors: dict[int, BaseException] = {}
+        self.desync: set[int] = set()
+        self.ok: torch.Tensor | None = None  # every row's constraint allowed some token (on device)
 
-    def raise_if_failed(self, uncond_tokens=None, tokens=None) -> None:
-        """After the run: the row's failure, if any, as an exception."""
-        if self.ok is not None and not bool(self.ok):
-            raise SongstepError("the constraint allows no token")
-        if self.error is not None:
-            raise self.error
-        if self.desync or (self.params.uses_cfg and uncond_tokens != tokens):
-            raise SongstepError(
-                "vLLM ran a CFG pair out of lock-step (a row was preempted or prefilled alone); "
-                "lower the batch size or raise the vLLM backend's max_rows/KV cache"
-            )
-
-    def catch_up(self, tokens: Sequence[int]) -> None:
-        """Advance the constraint over the tokens generated since the last call (up to EOS)."""
-        constraint = self.row.constraint
-        while self.seen < len(tokens):
-            tok = int(tokens[self.seen])
-            if tok < 0:  # vLLM's placeholder for a token still in flight (async scheduling)
+    def catch_up(self, i: int, tokens: Sequence[int]) -> None:
+        """Advance row i's constraint over the tokens generated since the last call (up to EOS;
+        vLLM's placeholder -1 for a token still in flight stops it)."""
+        constraint = self.rows[i].constraint
+        while self.seen[i] < len(tokens):
+            tok = int(tokens[self.seen[i]])
+            if tok < 0:
                 break
-            self.seen += 1
+            self.seen[i] += 1
             if constraint is not None:
                 constraint.advance(tok)
             if tok == self.eos_id:
                 break
 
-    def _force_stop(self, logits: torch.Tensor, rows) -> None:
-        for index, _ in rows.values():
-            logits[index].fill_(float("-inf"))
+    def _stop(self, logits: torch.Tensor, entries) -> None:
+        for index, _ in entries:
+            logits[index].fill_(NEG_INF)
             logits[index, self.eos_id] = 0.0
 
-    def __call__(self, logits: torch.Tensor, rows: dict[str, tuple[int, list[int]]]) -> None:
-        if self.error is not None or self.desync:
-            return self._force_stop(logits, rows)
+    def _live(self, logits: torch.Tensor, slots) -> list[tuple[int, int, int | None]]:
+        """(row, cond index, uncond index) of the rows to process this step; the others (out of
+        lock-step, or failed) are stopped with EOS."""
         cfg = self.params.uses_cfg
-        cond, uncond = rows.get(COND), rows.get(UNCOND)
-        if cond is None or (cfg and (uncond is None or uncond[1] != cond[1])):
-            self.desync = True
-            return self._force_stop(logits, rows)
-        index, output = cond
-        try:
-            self.catch_up(output)
-            x = logits[index].float()
-            if cfg:
-                x = self._combine(x, logits[uncond[0]], self.params.cfg_scale)
-            # as the host loop: a row's constraint masks every step until the row's EOS (a grammar
-            # that reached its end still allows only EOS)
-            constraint = self.row.constraint
-            active = constraint is not None
-            if active:
-                # as the host loop, without a device sync: a row whose constraint allows nothing
-                # is left unmasked (finite sampling), remembered, and reported after the run
-                allowed = constraint.allowed(x.device)
-                ok = allowed.any()
-                self.ok = ok if self.ok is None else self.ok & ok
-                x = x.masked_fill(~allowed & ok, float("-inf"))
-            if self.params.temperature > 0:
-                history = None
-                if self.params.repetition_penalty != 1.0:
-                    generated = [t for t in output if t != self.eos_id]
-                    history = [torch.cat([self.prompt, torch.as_tensor(generated, dtype=torch.long)])]
-                x = self._filter(x[None], self.params, history)[0]
-                if active and constraint.greedy:
-                    best = int(x.argmax())
-                    x = torch.full_like(x, float("-inf"))
-                    x[best] = 0.0
-            logits[index] = x.to(logits.dtype)
-            if cfg:
-                logits[uncond[0]] = x.to(logits.dtype)
-        except Exception as exc:  # reported after the generation; the row is ended here
-            self.error = exc
-            self._force_stop(logits, rows)
+        live = []
+        for i, pair in sorted(_pairs(slots).items()):
+            cond, uncond = pair.get(COND), pair.get(UNCOND)
+            if i not in self.errors and i not in self.desync:
+                if cond is None or (cfg and (uncond is None or uncond[1] != cond[1])):
+                    self.desync.add(i)
+                else:
+                    try:
+                        self.catch_up(i, cond[1])
+                        live.append((i, cond[0], uncond[0] if cfg else None))
+                        continue
+                    except Exception as exc:  # raised after the run; the row ends here
+                        self.errors[i] = exc
+            self._stop(logits, pair.values())
+        return live
+
+    def __call__(self, logits: torch.Tensor, slots: dict[str, tuple[int, list[int]]]) -> None:
+        live = self._live(logits, slots)
+        if not live:
+            return
+        rows = [self.rows[i] for i, _, _ in live]
+        cond = torch.tensor([c for _, c, _ in live], device=logits.device)
+        stacked = logits[cond]
+        if self.params.uses_cfg:
+            stacked = torch.cat([stacked, logits[torch.tensor([u for _, _, u in live], device=logits.device)]])
+        step = self._step_class(rows, self.params, None, self.eos_id)
+        # the host loop's mask, without a device sync: a row whose constraint allows nothing is
+        # left unmasked (finite sampling), remembered in `ok`, and reported after the run
+        x, ok = step.mask(step.combine(stacked), [False] * len(rows))
+        self.ok = ok.all() if self.ok is None else self.ok & ok.all()
+        if self.params.temperature > 0:
+            greedy = [r.constraint is not None and r.constraint.greedy for r in rows]
+            best = x.argmax(-1) if any(greedy) else None
+            x = self._filter(x, self.params, self._history(live, slots) if self.params.repetition_penalty != 1.0 else None)
+            for k, g in enumerate(greedy):
+                if g:
+                    x[k] = torch.where(torch.arange(x.shape[-1], device=x.device) == best[k], 0.0, NEG_INF)
+        logits[cond] = x.to(logits.dtype)
+        if self.params.uses_cfg:
+            logits[torch.tensor([u for _, _, u in live], device=logits.device)] = x.to(logits.dtype)
+
+    def _history(self, live, slots) -> list[torch.Tensor]:
+        """Each live row's prompt + generated ids (EOS excluded), for the repetition penalty."""
+        out = []
+        for i, _, _ in live:
+            generated = [t for t in slots[f"{COND}:{i}"][1] if t != self.eos_id and t >= 0]
+            out.append(torch.cat([self.prompts[i], torch.as_tensor(generated, dtype=torch.long)]))
+        return out
+
+    def raise_if_failed(self, i: int, tokens: list[int], uncond_tokens: list[int] | None) -> None:
+        """After the run: row i's failure, if any, as an exception."""
+        if self.ok is not None and not bool(self.ok):
+            raise SongstepError("the constraint allows no token")
+        if i in self.errors:
+            raise self.errors[i]
+        if i in self.desync or (self.params.uses_cfg and uncond_tokens != tokens):
+            raise SongstepError(
+                "vLLM ran a CFG pair out of lock-step (a row was preempted or prefilled alone); "
+                "lower the batch size or raise the vLLM backend's max_rows/KV cache"
+            )
 
 
 def decode_vllm(
@@ -135,7 +158,6 @@ def decode_vllm(
     restricted head). `steps` is the step count for progress (default `max_new_tokens`)."""
     from songstep.sampling.lm import DecodeResult, _Reporter
 
-    steers = [_Steer(row, params, eos_id) for row in rows]
     requests = []
     for row in rows:
         uncond = row.uncond_prompt if params.uses_cfg else None
@@ -144,9 +166,9 @@ def decode_vllm(
             raise SongstepError(f"an LM prompt of {len(row.prompt)} tokens fills the vLLM max_model_len {backend.max_model_len}")
         # like the transformers path's cap, but within the engine's context length
         requests.append(VLLMRequest(row.prompt, uncond, row_seed(row.generator), min(max_new_tokens, room)))
+    steer = _Steer(rows, params, eos_id)
     sampling = {"temperature": max(params.temperature, 0.0), "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
-    groups = len(backend.groups(requests))
-    report = _Reporter(progress, (steps or max_new_tokens) * groups)
+    report = _Reporter(progress, (steps or max_new_tokens) * len(backend.groups(requests)))
     count = 0
 
     def on_step() -> None:
@@ -154,17 +176,11 @@ def decode_vllm(
         count += 1
         report(count)
 
-    outputs = backend.generate(
-        requests,
-        sampling,
-        {req.key: steer for req, steer in zip(requests, steers)},
-        stop_token_id=eos_id,
-        on_step=on_step,
-    )
+    outputs = backend.generate(requests, sampling, steer, stop_token_id=eos_id, on_step=on_step)
     results = []
-    for steer, out in zip(steers, outputs):
-        steer.raise_if_failed(out.uncond_tokens, out.tokens)
-        steer.catch_up(out.tokens)
+    for i, out in enumerate(outputs):
+        steer.raise_if_failed(i, out.tokens, out.uncond_tokens)
+        steer.catch_up(i, out.tokens)
         result = DecodeResult()
         for tok in out.tokens:
             if tok == eos_id:

@@ -15,7 +15,10 @@ are grouped to fit the scheduler's token budget and the KV cache (no chunked or 
 no preemption); the hook reports a pair that fell out of step, and the caller raises.
 
 The hooks live in this process: the engine must run in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
-single-worker executor), which this module sets before importing vllm.
+single-worker executor), and on vLLM's V1 model runner, whose logits processors see each
+request's output tokens on the host (`VLLM_USE_V2_MODEL_RUNNER=0`; Model Runner V2, vLLM's
+default on CUDA, has another processor interface); `VLLMBackend` sets both before building the
+engine.
 """
 
 from __future__ import annotations
@@ -160,6 +163,11 @@ class VLLMBackend:
         **engine_kwargs: Any,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the row hooks live in this process
+        # vLLM's Model Runner V2 (its default on CUDA with Triton) takes another logits-processor
+        # interface (slot-indexed, token history on the device); the row hooks use the V1 one
+        if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") != "0":
+            logger.warning("the vLLM planner backend needs vLLM's V1 model runner; VLLM_USE_V2_MODEL_RUNNER=0")
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         from transformers import AutoConfig
         from vllm import LLM
 

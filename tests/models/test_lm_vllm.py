@@ -112,6 +112,12 @@ def test_autoscore_from_prompt_logprobs_matches_logits(on_vllm, on_hf):
         on_vllm.lm.backend.logits(torch.ones(1, 3, dtype=torch.long))
 
 
+def test_engine_runs_in_process_on_the_v1_runner(on_vllm):
+    config = on_vllm.lm.backend.llm.llm_engine.vllm_config
+    assert config.use_v2_model_runner is False
+    assert type(on_vllm.lm.backend.llm.llm_engine.engine_core).__name__ == "InprocClient"
+
+
 def test_row_hook_processor_tracks_batch_moves():
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality

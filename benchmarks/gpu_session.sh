@@ -24,5 +24,9 @@ run gpu-tests 240 python -m pytest -q -p no:cacheprovider -m gpu tests/models
 run planner-1.7B 240 python benchmarks/planner.py --config 1.7B
 run planner-1.7B-hf 120 python benchmarks/planner.py --config 1.7B --runner hf --codes 200
 run planner-0.6B 180 python benchmarks/planner.py --config 0.6B
+# the vLLM backend, only where the machine has vllm (its CUDA wheels are too large to carry)
+if python -c "import vllm" 2>/dev/null; then
+  run planner-1.7B-vllm 300 python benchmarks/planner.py --config 1.7B --runner vllm
+fi
 run dit 120 python benchmarks/dit_forward.py --frames 6000 --batch 1 8
 run pipeline 180 python benchmarks/pipeline.py --seconds 240 --batch 1 4

@@ -218,6 +218,21 @@ def test_topk_recall_and_log_prob_by_hand():
     assert scoring.mean_log_prob(probs[:0], torch.tensor([], dtype=torch.long)) == float("-inf")
 
 
+def test_scores_from_ranks_and_log_probs_equal_scores_from_logits():
+    """The vLLM backend gives each target's rank and log-probability instead of logits."""
+    logits = torch.randn(7, 50, generator=torch.Generator().manual_seed(0)) * 3
+    targets = torch.randint(0, 50, (7,), generator=torch.Generator().manual_seed(1))
+    picked = logits.gather(-1, targets.view(-1, 1))
+    ranks = (logits > picked).sum(-1) + 1
+    log_probs = torch.log_softmax(logits, -1).gather(-1, targets.view(-1, 1)).flatten()
+    from_logits = scoring.Forced(logits, targets)
+    from_stats = scoring.Forced(targets=targets, log_probs=log_probs, ranks=ranks)
+    for k in (1, 5, 10, 50):
+        assert from_stats.recall(k) == pytest.approx(from_logits.recall(k), abs=1e-7)
+    assert from_stats.mean_log_prob() == pytest.approx(from_logits.mean_log_prob(), abs=1e-6)
+    assert scoring.ranks_recall(torch.tensor([1, 3, 11]), k=10) == pytest.approx((1.0 + 0.8 + 0.0) / 3)
+
+
 def test_pmi_and_reward_by_hand():
     assert scoring.pmi_score(-1.0, -1.5, scale=0.5) == pytest.approx(1 / (1 + math.exp(-1.0)))
     assert scoring.pmi_score(-900.0, 0.0, scale=0.1) == pytest.approx(0.0)  # no overflow

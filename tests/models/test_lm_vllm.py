@@ -97,6 +97,21 @@ def test_text_phases_run(on_vllm, on_hf):
     assert a == b and a.bpm is not None
     sample = on_vllm.create_sample("a sad song about rain", seed=4, max_new_tokens=300)
     assert sample.caption and 30 <= sample.bpm <= 300
+    codes = "".join(f"<|audio_code_{i}|>" for i in (5, 9, 700, 31))
+    a = on_vllm.understand_codes(codes, seed=2, top_k=1, max_new_tokens=200)
+    assert a == on_hf.understand_codes(codes, seed=2, top_k=1, max_new_tokens=200)
+
+
+def test_planning_from_another_thread(on_vllm):
+    """AutoGen plans the next batch in a background thread."""
+    import threading
+
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("plan", on_vllm.plan(REQUEST, seed=9)))
+    worker.start()
+    worker.join(300)
+    assert _codes(out["plan"]) == 60
+    assert out["plan"].request.audio_codes == on_vllm.plan(REQUEST, seed=9).request.audio_codes
 
 
 def test_autoscore_from_prompt_logprobs_matches_logits(on_vllm, on_hf):

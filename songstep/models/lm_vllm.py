@@ -94,6 +94,24 @@ def _hook_processor_class():
 
 
 @contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Keep the process's global random state (torch CPU and CUDA, `random`, numpy) as it was:
+    the in-process engine seeds them all at start-up and its CPU sampler draws from torch's."""
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+@contextmanager
 def row_hooks(hooks: dict[str, RowHook]) -> Iterator[None]:
     """Register `hooks` for the duration of a generation."""
     _HOOKS.update(hooks)
@@ -202,7 +220,8 @@ class VLLMBackend:
             free, total = torch.cuda.mem_get_info()
             kwargs["gpu_memory_utilization"] = round(max(0.05, min(0.9, 0.9 * free / total)), 3)
         kwargs.update(engine_kwargs)
-        self.llm = LLM(**kwargs)
+        with isolated_rng():
+            self.llm = LLM(**kwargs)
         engine = self.llm.llm_engine
         self.vocab_size = int(engine.model_config.get_vocab_size())
         self.device = torch.device("cpu")  # where the planner's generators live (seeds only)
@@ -232,8 +251,9 @@ class VLLMBackend:
 
         if not 0 < start <= len(ids):
             raise SongstepError(f"target start {start} outside the {len(ids)} ids")
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
-        (out,) = self.llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, seed=0)
+        with isolated_rng():
+            (out,) = self.llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)
         log_probs, ranks = [], []
         for pos in range(start, len(ids)):
             entry = out.prompt_logprobs[pos][ids[pos]]
@@ -261,7 +281,9 @@ class VLLMBackend:
             r_prompt = sum(len(p) for p in prompts)
             r_kv = sum(self._blocks(len(p) + req.max_tokens) for p in prompts) * self.block_size
             longest = max(len(p) for p in prompts) + req.max_tokens
-            if longest > self.max_model_len or r_rows > self.max_rows or r_kv > self.kv_tokens:
+            if r_rows > self.max_rows:
+                raise SongstepError(f"a CFG pair needs 2 rows; the vLLM backend has max_rows={self.max_rows}")
+            if longest > self.max_model_len or r_kv > self.kv_tokens:
                 raise SongstepError(
                     f"an LM request of {longest} tokens does not fit the vLLM engine "
                     f"(max_model_len {self.max_model_len}, KV cache {self.kv_tokens} tokens)"
@@ -298,7 +320,7 @@ class VLLMBackend:
         results = [VLLMOutput(tokens=[]) for _ in requests]
         index = {id(r): i for i, r in enumerate(requests)}
         engine = self.llm.llm_engine
-        with row_hooks({key: hook}):
+        with isolated_rng(), row_hooks({key: hook}):
             for group in self.groups(requests):
                 ids: dict[str, tuple[int, str]] = {}
                 try:

@@ -153,17 +153,22 @@ def test_row_hook_processor_tracks_batch_moves():
 
 
 def test_cli_plan_on_vllm(folder, on_vllm, capsys):
-    """`songstep plan --lm-backend vllm` (a second engine in this process)."""
+    """`songstep plan --lm-backend vllm` (a second engine in this process), leaving the
+    process's global torch random state alone."""
     import json
 
     from songstep.cli import main
 
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
     code = main(["plan", "--lm", str(folder), "--lm-backend", "vllm", "--device", "cpu", "--caption", "lofi",
                  "--duration", "10", "--seed", "3", "--quiet"])
     out = capsys.readouterr()
     assert code == 0, out.err
     plan = json.loads(out.out)
     assert plan["code_count"] == 50 and plan["seed"] == 3
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_pipeline_generates_with_the_vllm_planner(tiny_tree, folder, on_vllm):

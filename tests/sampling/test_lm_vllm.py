@@ -158,6 +158,8 @@ def test_groups_fit_rows_and_kv_cache():
     assert [len(g) for g in tight.groups(pair)] == [1, 1, 1]
     with pytest.raises(SongstepError, match="does not fit"):
         backend.groups([VLLMRequest([1] * 90, max_tokens=20)])
+    with pytest.raises(SongstepError, match="max_rows=1"):
+        _grouping_backend(max_rows=1).groups([VLLMRequest([1], [2], max_tokens=4)])
 
 
 def test_catch_up_waits_for_tokens_in_flight():
@@ -201,3 +203,22 @@ def test_a_batch_is_processed_like_the_host_loop_step():
     expected[1] = torch.where(torch.arange(12) == best, 0.0, float("-inf"))
     assert torch.equal(logits[[4, 0, 2]], expected) and torch.equal(logits[[1, 6, 5]], expected)
     assert torch.equal(logits[3], raw[3])
+
+
+def test_isolated_rng_keeps_the_global_random_state():
+    import random
+
+    import numpy as np
+
+    from songstep.models.lm_vllm import isolated_rng
+
+    def draws():
+        return torch.rand(2).tolist(), random.random(), float(np.random.rand())
+
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    expected = draws()
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    with isolated_rng():  # what the in-process engine does: reseed everything, draw
+        torch.manual_seed(0), random.seed(0), np.random.seed(0)
+        draws()
+    assert draws() == expected

@@ -131,7 +131,7 @@ def run_codes(lm: PlannerLM, cot_text: str, n_codes: int, max_new: int, restrict
     uncond = lm.encode(
         render_chat_prompt(lm.tokenizer, build_phase2_prompt(CAPTION, LYRICS, cot, unconditional=True))
     )
-    head = lm.codes.head_rows() if restricted and getattr(lm.backend, "restricted_head", True) else None
+    head = lm.codes.head_rows() if restricted else None
     columns = head_columns(head, lm.backend.vocab_size)
     code_ids = range(lm.codes.first_id, lm.codes.first_id + lm.codes.valid)
     constraint = CodeConstraint(code_ids, lm.eos_id, n_codes, columns=columns)
@@ -234,7 +234,6 @@ def _build(args, folder: Path) -> PlannerLM:
 def _measure(args, lm: PlannerLM, restricted: bool) -> dict:
     """Each timed phase runs after a short warm-up on the same (batch, cache-length bucket), so
     compiles and CUDA-graph captures (the static runner on CUDA) stay out of the timings."""
-    restricted = restricted and getattr(lm.backend, "restricted_head", True)
     vocab = GrammarVocab.from_tokenizer(lm.tokenizer, lm.backend.vocab_size)
     max_new = args.codes + 10
     start = time.perf_counter()
@@ -277,13 +276,13 @@ def _runner_state(lm: PlannerLM) -> dict:
 def main(argv=None) -> dict:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    restricted = not args.full_head
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         lm = _build(args, write_tiny_lm(Path(tmp) / "lm", **VLLM_TINY))  # one tiny shape for every runner
         load_s = time.perf_counter() - start
         log.info("model ready in %.1f s", load_s)
+        restricted = not args.full_head and lm.backend.restricted_head  # vLLM: always the full head
         measured = _measure(args, lm, restricted)
         dtype = _meta_model(lm).dtype if lm.model is None else lm.model.dtype
     report = {
@@ -292,7 +291,7 @@ def main(argv=None) -> dict:
         "dtype": str(dtype).replace("torch.", ""),
         "runner": args.runner or ("static" if lm.backend.static_cache else "hf"),
         **_runner_state(lm),
-        "head": "codes+eos" if restricted and getattr(lm.backend, "restricted_head", True) else "full",
+        "head": "codes+eos" if restricted else "full",
         "cfg_scale": 2.0,
         "load_s": round(load_s, 2),
         **measured,

@@ -134,6 +134,7 @@ class LMBackend(Protocol):
 
     vocab_size: int
     device: torch.device
+    restricted_head: bool  # whether `prefill(head=...)` can restrict the LM head to some rows
 
     def prefill(
         self,
@@ -174,6 +175,8 @@ class TransformersBackend:
 
     The runner is built on first use, from the parameters the model holds then.
     """
+
+    restricted_head = True
 
     def __init__(
         self,

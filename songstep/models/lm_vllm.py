@@ -4,9 +4,10 @@ vLLM runs its own scheduler, so this backend has no step-wise `prefill`/`step`; 
 whole requests (`VLLMRequest`) and lets the caller steer every sampling step through a *row
 hook*: a function registered for one `generate` call that gets the batch logits and which rows
 belong to which request (its conditional row and, with CFG, its unconditional one) before vLLM's
-own temperature and sampling, and rewrites them for all its rows at once. `songstep.sampling.lm` uses it to apply, per step and exactly as
-the transformers path does, CFG, the grammar constraint, the repetition penalty, top-k and top-p
-(vLLM's own top-k/top-p and penalties stay off, so the order is upstream's PyTorch order).
+own temperature and sampling, and rewrites them for all its rows at once.
+`songstep.sampling.lm_vllm` uses it to apply, per step and exactly as the transformers path
+does, CFG, the grammar constraint, the repetition penalty, top-k and top-p (vLLM's own
+top-k/top-p and penalties stay off, so the order is upstream's PyTorch order).
 
 Lock-step CFG: the two rows of a pair ask for the same seed and the hook writes the same logits
 into both, so vLLM samples the same token for both (its per-request generator sees the same
@@ -67,7 +68,7 @@ def _hook_processor_class():
             for index in batch_update.removed:
                 self.slots.pop(index, None)
             for index, params, _prompt, output in batch_update.added:
-                args = params.extra_args or {} if params is not None else {}
+                args = (params.extra_args or {}) if params is not None else {}
                 if KEY_ARG in args:
                     self.slots[index] = (args[KEY_ARG], args.get(ROLE_ARG, COND), output)
                 else:

@@ -38,7 +38,6 @@ from songstep.errors import InvalidRequest, SongstepError
 from songstep.models.lm import HeadRows, LMBackend, head_columns, pad_left
 from songstep.models.lm_vllm import VLLMBackend
 from songstep.sampling.flow import ProgressFn
-from songstep.sampling.lm_vllm import decode_vllm
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +237,8 @@ def decode(
     if max_new_tokens <= 0:
         return [DecodeResult() for _ in rows]
     if isinstance(backend, VLLMBackend):
+        from songstep.sampling.lm_vllm import decode_vllm  # it builds on this module
+
         if head is not None:
             raise InvalidRequest("the vLLM backend computes the full LM head: decode with head=None")
         return decode_vllm(

@@ -21,6 +21,7 @@ import torch
 from songstep.errors import SongstepError
 from songstep.models.lm_vllm import COND, UNCOND, VLLMBackend, VLLMRequest
 from songstep.sampling.flow import ProgressFn
+from songstep.sampling.lm import DecodeResult, _Reporter, _Step, filter_logits
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,6 @@ class _Steer:
     processed logits the transformers path samples from, for every row of the batch at once."""
 
     def __init__(self, rows, params, eos_id: int):
-        from songstep.sampling.lm import _Step, filter_logits
-
-        self._step_class, self._filter = _Step, filter_logits
         self.rows, self.params, self.eos_id = list(rows), params, eos_id
         self.prompts = [torch.as_tensor(list(r.prompt), dtype=torch.long) for r in self.rows]
         self.seen = [0] * len(self.rows)  # generated tokens already fed to each row's constraint
@@ -104,10 +102,9 @@ class _Steer:
             return
         rows = [self.rows[i] for i, _, _ in live]
         cond = torch.tensor([c for _, c, _ in live], device=logits.device)
-        stacked = logits[cond]
-        if self.params.uses_cfg:
-            stacked = torch.cat([stacked, logits[torch.tensor([u for _, _, u in live], device=logits.device)]])
-        step = self._step_class(rows, self.params, None, self.eos_id)
+        uncond = torch.tensor([u for _, _, u in live], device=logits.device) if self.params.uses_cfg else None
+        stacked = logits[cond] if uncond is None else torch.cat([logits[cond], logits[uncond]])
+        step = _Step(rows, self.params, None, self.eos_id)
         # the host loop's mask, without a device sync: a row whose constraint allows nothing is
         # left unmasked (finite sampling), remembered in `ok`, and reported after the run
         x, ok = step.mask(step.combine(stacked), [False] * len(rows))
@@ -115,13 +112,14 @@ class _Steer:
         if self.params.temperature > 0:
             greedy = [r.constraint is not None and r.constraint.greedy for r in rows]
             best = x.argmax(-1) if any(greedy) else None
-            x = self._filter(x, self.params, self._history(live, slots) if self.params.repetition_penalty != 1.0 else None)
+            x = filter_logits(x, self.params, self._history(live, slots) if self.params.repetition_penalty != 1.0 else None)
             for k, g in enumerate(greedy):
                 if g:
                     x[k] = torch.where(torch.arange(x.shape[-1], device=x.device) == best[k], 0.0, NEG_INF)
-        logits[cond] = x.to(logits.dtype)
-        if self.params.uses_cfg:
-            logits[torch.tensor([u for _, _, u in live], device=logits.device)] = x.to(logits.dtype)
+        x = x.to(logits.dtype)
+        logits[cond] = x
+        if uncond is not None:
+            logits[uncond] = x
 
     def _history(self, live, slots) -> list[torch.Tensor]:
         """Each live row's prompt + generated ids (EOS excluded), for the repetition penalty."""
@@ -156,8 +154,6 @@ def decode_vllm(
 ):
     """`songstep.sampling.lm.decode` for the vLLM backend (same arguments and results; no
     restricted head). `steps` is the step count for progress (default `max_new_tokens`)."""
-    from songstep.sampling.lm import DecodeResult, _Reporter
-
     requests = []
     for row in rows:
         uncond = row.uncond_prompt if params.uses_cfg else None

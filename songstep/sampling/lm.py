@@ -257,7 +257,7 @@ def decode(
     done = [False] * len(rows)
     session, logits = backend.prefill(ids, mask, max_new_tokens=max_new_tokens, head=head)
     plan = _device_schedule(rows, params, logits.device)
-    steps = max_new_tokens if plan is None or plan.steps is None else min(plan.steps, max_new_tokens)
+    steps = max_new_tokens if plan is None else planned_steps(rows, max_new_tokens)
     report = _Reporter(progress, steps)
     if plan is not None:
         return _decode_on_device(session, logits, step, plan, rows, eos_id, pad_id, report)
@@ -314,12 +314,12 @@ SYNC_EVERY = 64  # steps between checks for "every row has stopped" when the cod
 @dataclass(frozen=True)
 class _Schedule:
     """Per-row allowed masks over the steps: row i allows `before[i]` while step < `due[i]`,
-    then `after[i]`; `steps` is the step count when every row has a code target."""
+    then `after[i]`; `free` when some row has no code target (its count is the model's)."""
 
     before: torch.Tensor  # [B, C] bool
     after: torch.Tensor  # [B, C] bool
     due: torch.Tensor  # [B] long (a free row: never switches)
-    steps: int | None
+    free: bool
 
 
 def _device_schedule(rows: Sequence[DecodeRow], params: SamplingParams, device) -> _Schedule | None:
@@ -333,8 +333,7 @@ def _device_schedule(rows: Sequence[DecodeRow], params: SamplingParams, device) 
     before, after, dues = zip(*(r.constraint.schedule(device) for r in rows))
     free = any(d is None for d in dues)
     due = torch.tensor([2**62 if d is None else d for d in dues], dtype=torch.long, device=device)
-    steps = None if free else max(dues) + 1  # + the EOS step
-    return _Schedule(torch.stack(before), torch.stack(after), due, steps)
+    return _Schedule(torch.stack(before), torch.stack(after), due, free)
 
 
 def _decode_on_device(session, logits, step: _Step, plan: _Schedule, rows, eos_id, pad_id, report: _Reporter):
@@ -357,7 +356,7 @@ def _decode_on_device(session, logits, step: _Step, plan: _Schedule, rows, eos_i
         done = done | (tokens == eos_id)
         if t == total - 1:
             break
-        if plan.steps is None and (t + 1) % SYNC_EVERY == 0 and bool(done.all()):
+        if plan.free and (t + 1) % SYNC_EVERY == 0 and bool(done.all()):
             used = t + 1
             break
         feed = torch.where(done, pad_id, tokens)

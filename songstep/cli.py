@@ -18,179 +18,199 @@ from typing import Any
 DEFAULT_MODEL = "ACE-Step/Ace-Step1.5"
 
 
+VARIANTS = ("turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
+
+
+def _verbosity(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """-v / --quiet work before or after the subcommand."""
+    default = 0 if top else argparse.SUPPRESS
+    p.add_argument("-v", "--verbose", action="count", default=default, help="more log output (-vv: debug; full traces)")
+    p.add_argument("--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="no status lines or progress bars")
+
+
 def _model_flags(p: argparse.ArgumentParser, *, dit: bool = True) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help="checkpoints directory or hub repo (default: %(default)s)")
+    g.add_argument("--model", default=None, help=f"checkpoints directory or hub repo (default: {DEFAULT_MODEL})")
     if dit:
-        g.add_argument("--variant", default=None, help="turbo | base | sft | xl-turbo | xl-base | xl-sft (default: turbo; base for add-layer/extract/complete)")
-    g.add_argument("--device", default=None, help="cuda | cpu | cuda:1 … (default: cuda when available)")
+        g.add_argument("--variant", default=None, choices=VARIANTS,
+                       help="DiT variant (default: turbo; base for add-layer/extract/complete)")
+    g.add_argument("--device", default=None, help="cuda | cpu | mps | cuda:1 … (default: cuda when available)")
+    g.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="weights' dtype (default: bfloat16 on GPUs that support it, else float32)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--root", default="checkpoints", help="where hub downloads go (default: %(default)s)")
     g.add_argument("--offline", action="store_true", help="never touch the network")
     if dit:
-        g.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None, help="keep idle parts on the CPU (default: by GPU tier)")
+        g.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None,
+                       help="keep idle parts on the CPU (default: by GPU tier)")
 
 
-def _song_flags(p: argparse.ArgumentParser) -> None:
-    s = p.add_argument_group("song")
-    s.add_argument("--caption", default="", help="style description")
-    s.add_argument("--lyrics", default=None)
-    s.add_argument("--lyrics-file", type=Path, default=None)
-    s.add_argument("--instrumental", action="store_true")
-    s.add_argument("--duration", type=float, default=None, help="seconds, 10–600")
-    s.add_argument("--bpm", type=int, default=None)
-    s.add_argument("--key", dest="keyscale", default=None, help='e.g. "C major"')
-    s.add_argument("--time-signature", dest="timesignature", default=None, help="2, 3, 4 or 6")
-    s.add_argument("--language", default="unknown", help="vocal language code, e.g. en")
-    s.add_argument("--reference", dest="reference_audio", default=None, help="reference audio for timbre")
-
-
-def _lm_flags(p: argparse.ArgumentParser, *, lm_default: str | None, thinking: bool = True) -> None:
-    """The planner LM: which one, and how it samples (spec pipeline.md §8.2 defaults)."""
+def _lm_flags(p: argparse.ArgumentParser, *, lm_default: str | None) -> None:
+    """Which planner LM and runtime; its sampling settings are request fields."""
     g = p.add_argument_group("planner LM")
     default = "auto: by GPU tier, none on CPU" if lm_default is None else "auto: by GPU tier, else 1.7B"
     g.add_argument("--lm", default=lm_default, help=f"auto | none | 0.6B | 1.7B | 4B | LM folder (default: {default})")
     g.add_argument("--lm-backend", choices=("transformers", "vllm"), default="transformers",
                    help="planner runtime; vllm needs the [vllm] extra (default: %(default)s)")
-    if thinking:
-        g.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
-                       help="let the LM write audio codes for the DiT (default: on when an LM is loaded)")
-        g.add_argument("--no-caption-rewrite", dest="use_cot_caption", action="store_false",
-                       help="keep the caption instead of the LM's")
-        g.add_argument("--lm-cfg", dest="lm_cfg_scale", type=float, default=2.0, help="LM CFG scale, codes phase (default: %(default)s)")
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    o = p.add_argument_group("output")
+    o.add_argument("--format", default="wav", choices=("wav", "flac", "mp3", "ogg"), help="(default: %(default)s)")
+    o.add_argument("--output-dir", type=Path, default=Path("outputs"), help="(default: %(default)s)")
+    o.add_argument("--name", default=None, help="file name stem (default: task-seed-hash; never overwrites)")
+    o.add_argument("--overwrite", action="store_true", help="replace files of the same --name")
+
+
+# command → (task row name, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("text2music", "a new song from a caption (and lyrics); a planner LM can write its plan"),
+    "cover": ("cover", "restyle a source song"),
+    "repaint": ("repaint", "regenerate a time window of a source (negative start / end past it extends)"),
+    "add-layer": ("lego", "add one instrument track to a source (base model)"),
+    "extract": ("extract", "isolate one track of a source (base model)"),
+    "complete": ("complete", "write the accompaniment for a single track (base model)"),
+}
+TASK_COMMANDS = tuple(COMMANDS)
+
+
+def _task_parser(sub, name: str, task: str, help_text: str) -> None:
+    from songstep.flags import add_request_flags
+    from songstep.tasks import get_task
+
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    _verbosity(p)
+    _model_flags(p)
+    src = p.add_argument_group("request file")
+    src.add_argument("--from", dest="from_file", type=Path, default=None, metavar="FILE",
+                     help="replay a sidecar .json (or a .toml of request fields); flags given here override it")
+    add_request_flags(p, task)
+    p.add_argument("--lyrics-file", type=Path, default=None, help="read the lyrics from a UTF-8 text file")
+    if not get_task(task).needs_source:  # the planner LM only plans songs without source audio
+        _lm_flags(p, lm_default=None)
+    _output_flags(p)
+    p.set_defaults(task=task)
+
+
+def _planner_parsers(sub) -> None:
+    """`plan`, `create-sample` and `understand`: the planner LM alone; each prints JSON."""
+    from songstep.flags import add_request_flags
+
+    p = sub.add_parser("plan", help="plan a song with the LM (metadata + audio codes) and print it as JSON")
+    _verbosity(p)
+    _model_flags(p, dit=False)
+    add_request_flags(p, "text2music")
+    p.add_argument("--lyrics-file", type=Path, default=None)
+    _lm_flags(p, lm_default="auto")
+    c = sub.add_parser("create-sample", help="simple mode: one sentence → caption, lyrics and metadata (JSON)")
+    _verbosity(c)
+    c.add_argument("description")
+    _model_flags(c, dit=False)
+    c.add_argument("--instrumental", action="store_true")
+    c.add_argument("--language", default=None, help="vocal language code to use, e.g. en")
+    c.add_argument("--seed", type=int, default=None)
+    _lm_flags(c, lm_default="auto")
+    _lm_sampling(c)
+    u = sub.add_parser("understand", help="describe a song (audio file, or a .txt of audio codes) as JSON")
+    _verbosity(u)
+    u.add_argument("file", type=Path)
+    _model_flags(u)
+    u.add_argument("--seed", type=int, default=None, help="also samples the VAE posterior (default: its mean)")
+    _lm_flags(u, lm_default="auto")
+    _lm_sampling(u)
+
+
+def _lm_sampling(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LM sampling")
     g.add_argument("--lm-temperature", type=float, default=0.85)
     g.add_argument("--lm-top-p", type=float, default=0.9)
     g.add_argument("--lm-top-k", type=int, default=0, help="0 = off")
     g.add_argument("--max-new-tokens", type=int, default=None, help="cap on the LM's free-text tokens (default: 4032)")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    _model_flags(p)
-    _song_flags(p)
-    r = p.add_argument_group("sampling")
-    r.add_argument("--seed", type=int, default=None, help="items get seed, seed+1, …")
-    r.add_argument("--batch", type=int, default=1)
-    r.add_argument("--steps", type=int, default=None)
-    r.add_argument("--shift", type=float, default=None)
-    r.add_argument("--guidance", type=float, default=None, help="CFG scale (base/sft only)")
-    r.add_argument("--solver", default="euler", choices=("euler", "heun"))
-    r.add_argument("--method", default="ode", choices=("ode", "sde"))
-    r.add_argument("--no-dcw", dest="dcw", action="store_false", help="turn off the wavelet correction")
-    o = p.add_argument_group("output")
-    o.add_argument("--format", default="wav", choices=("wav", "flac", "mp3", "ogg"))
-    o.add_argument("--output-dir", type=Path, default=Path("outputs"))
-    o.add_argument("--name", default=None, help="file name stem (default: task-seed-hash)")
-    o.add_argument("--no-normalize", dest="normalize", action="store_false", default=None,
-                   help="keep the decoded level (default: peak at -1 dBFS)")
-    o.add_argument("--loudness", type=float, default=None, metavar="LUFS",
-                   help="scale each take to this integrated loudness, e.g. -14 (needs songstep[loudness])")
-    o.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-# command → (task row name, help, extra flags). Flags write straight into GenerationRequest fields.
-def _tracks(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
-_SOURCE = (("--source",), dict(dest="source_audio", required=True, help="source audio file"))
-_WINDOW = (
-    (("--start",), dict(dest="repaint_start", type=float, default=0.0, help="window start, seconds (negative extends)")),
-    (("--end",), dict(dest="repaint_end", type=float, default=None, help="window end, seconds (default: end of source)")),
-)
-COMMANDS: dict[str, tuple[str, str, tuple]] = {
-    "generate": ("text2music", "a new song from a caption (and lyrics); a planner LM can write its plan", ()),
-    "cover": ("cover", "restyle a source song", (
-        _SOURCE,
-        (("--strength",), dict(type=float, default=1.0, help="0–1 share of steps that follow the source")),
-        (("--noise-strength",), dict(dest="cover_noise_strength", type=float, default=0.0, help="0–1: start closer to the source")),
-    )),
-    "repaint": ("repaint", "regenerate a time window of a source (negative start / end past it extends)", (
-        _SOURCE,
-        (("--start",), dict(dest="repaint_start", type=float, required=True, help="window start, seconds")),
-        _WINDOW[1],
-        (("--repaint-strength",), dict(type=float, default=0.5, help="0 keeps the source most, 1 least")),
-    )),
-    "add-layer": ("lego", "add one instrument track to a source (base model)", (
-        _SOURCE, (("--track",), dict(dest="tracks", type=_tracks, required=True, help="e.g. guitar")), *_WINDOW,
-    )),
-    "extract": ("extract", "isolate one track of a source (base model)", (
-        _SOURCE, (("--track",), dict(dest="tracks", type=_tracks, required=True, help="e.g. vocals")),
-    )),
-    "complete": ("complete", "write the accompaniment for a single track (base model)", (
-        _SOURCE, (("--tracks",), dict(type=_tracks, required=True, help="comma-separated, e.g. drums,bass")),
-    )),
-}
-TASK_COMMANDS = tuple(COMMANDS)
-
-
-def _planner_parsers(sub) -> None:
-    """`plan`, `create-sample` and `understand`: the planner LM alone; each prints JSON."""
-    p = sub.add_parser("plan", help="plan a song with the LM (metadata + audio codes) and print it as JSON")
-    _model_flags(p, dit=False)
-    _song_flags(p)
-    p.add_argument("--seed", type=int, default=None, help="items get seed, seed+1, …")
-    p.add_argument("--batch", type=int, default=1, help="plans to make (printed as a list when > 1)")
-    _lm_flags(p, lm_default="auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    c = sub.add_parser("create-sample", help="simple mode: one sentence → caption, lyrics and metadata (JSON)")
-    c.add_argument("description")
-    _model_flags(c, dit=False)
-    c.add_argument("--instrumental", action="store_true")
-    c.add_argument("--language", default=None, help="vocal language code to use, e.g. en")
-    c.add_argument("--seed", type=int, default=None)
-    _lm_flags(c, lm_default="auto", thinking=False)
-    u = sub.add_parser("understand", help="describe a song (audio file, or a .txt of audio codes) as JSON")
-    u.add_argument("file", type=Path)
-    _model_flags(u)
-    u.add_argument("--seed", type=int, default=None, help="also samples the VAE posterior (default: its mean)")
-    _lm_flags(u, lm_default="auto", thinking=False)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from songstep.tasks import get_task
+    from songstep import __version__
 
-    parser = argparse.ArgumentParser(prog="songstep", description="ACE-Step 1.5 music generation")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser = argparse.ArgumentParser(prog="songstep", description="ACE-Step 1.5 music generation",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"songstep {__version__}")
+    _verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (task, help_text, flags) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        _common(p)
-        for flag_names, options in flags:
-            p.add_argument(*flag_names, **options)
-        if not get_task(task).needs_source:  # the planner LM only plans songs without source audio
-            _lm_flags(p, lm_default=None)
-        p.set_defaults(task=task)
+    for name, (task, help_text) in COMMANDS.items():
+        _task_parser(sub, name, task, help_text)
     _planner_parsers(sub)
     d = sub.add_parser("download", help="download official checkpoints")
+    _verbosity(d)
     d.add_argument("components", nargs="*", default=None, help="default: turbo vae text-encoder lm-1.7B")
     d.add_argument("--root", default="checkpoints")
     d.add_argument("--update", action="store_true", help="move unpinned repos to the hub's current main")
     d.add_argument("--list", action="store_true", help="list known components")
     i = sub.add_parser("info", help="installed components, device, free memory and GPU tier")
+    _verbosity(i)
     i.add_argument("--root", default="checkpoints")
+    i.add_argument("--model", default=None, help="also inspect this checkpoints folder or repo")
+    i.add_argument("--device", default=None)
     return parser
 
 
-def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from dataclasses import fields
+def _read_lyrics(path: Path) -> str:
+    from songstep.errors import InvalidRequest
 
-    from songstep.config import GenerationRequest
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidRequest(f"--lyrics-file {path}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidRequest(f"--lyrics-file {path}: is a directory") from None
+    except UnicodeDecodeError as e:
+        raise InvalidRequest(f"--lyrics-file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise InvalidRequest(f"--lyrics-file {path}: {e.strerror}") from None
 
-    kw = {f.name: getattr(args, f.name) for f in fields(GenerationRequest) if hasattr(args, f.name)}
-    if args.lyrics_file is not None:
-        kw["lyrics"] = args.lyrics_file.read_text(encoding="utf-8")
-    kw["lyrics"] = kw.get("lyrics") or ""
-    return kw
+
+def build_request(args: argparse.Namespace, task: str | None = None):
+    """The request of a command: the `--from` file's fields, then the flags given, then
+    `--lyrics-file`. Validated here, before any model is loaded."""
+    from songstep.flags import request_fields
+    from songstep.request import GenerationRequest, load_request_file
+
+    task = task or args.task
+    data: dict[str, Any] = {}
+    if getattr(args, "from_file", None) is not None:
+        doc = load_request_file(args.from_file)
+        data = dict(doc.get("request") or doc.get("params", {}).get("request") or doc)
+        for key in ("weights", "params", "timings", "samples", "sample_rate", "batch_index"):
+            data.pop(key, None)
+        task = data.get("task", task) if args.task == "text2music" else task
+        _remember_model(args, doc)
+    data.update(request_fields(args, task))
+    if getattr(args, "lyrics_file", None) is not None:
+        data["lyrics"] = _read_lyrics(args.lyrics_file)
+    data["task"] = task
+    return GenerationRequest(**data)
+
+
+def _remember_model(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """A sidecar names the weights it was made with: use them unless --model/--variant are given."""
+    weights = doc.get("weights") or doc.get("params", {}).get("weights") or {}
+    if args.model is None and weights.get("model"):
+        args.model = weights["model"]
+    if getattr(args, "variant", None) is None and weights.get("variant"):
+        args.variant = weights["variant"]
 
 
 _STAGES = {  # progress stage → (bar label, unit)
     "lm": ("planning", "tok"),
     "lm-codes": ("writing codes", "tok"),
+    "encode": ("encoding source", "step"),
     "dit": ("diffusion", "step"),
     "vae": ("decoding", "step"),
 }
 
 
 def _progress_bar(quiet: bool):
+    """Bars on stderr that move while the work happens (a stage reported at 0 shows at once)."""
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
@@ -201,7 +221,7 @@ def _progress_bar(quiet: bool):
         label, unit = _STAGES.get(stage, (stage, "step"))
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False)
+            bar = bars[stage] = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False, mininterval=0)
         bar.n = done
         bar.refresh()
 
@@ -212,96 +232,131 @@ def _progress_bar(quiet: bool):
     return progress, close
 
 
+def status(args: argparse.Namespace, message: str) -> None:
+    """One status line per stage on stderr (not with --quiet)."""
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
 def _stem(params: dict[str, Any], seed: int) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{params['task']}-{seed}-{digest}"
 
 
-def _device(args: argparse.Namespace) -> str:
-    import torch
+def _device(args: argparse.Namespace):
+    from songstep.devices import resolve_device
 
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(args.device)
 
 
-def _lm_choice(args: argparse.Namespace) -> str:
+def _lm_choice(args: argparse.Namespace, request=None) -> str:
     """The `lm=` of the pipeline: none for commands without LM flags; `--lm` when given; with an
-    explicit `--thinking` on a tier without a default LM, the bundle's 1.7B; else auto."""
+    explicit thinking request on a tier without a default LM, the bundle's 1.7B; else auto."""
     if not hasattr(args, "lm"):
         return "none"
     if args.lm:
         return args.lm
-    if getattr(args, "thinking", None):
+    if request is not None and request.thinking:
         from songstep.pipeline.tiers import detect_tier
 
         return "auto" if detect_tier(_device(args)).lm else "1.7B"
     return "auto"
 
 
-def _plan_options(args: argparse.Namespace):
-    if not hasattr(args, "lm_temperature"):
-        return None
-    from songstep.planner import PlanOptions
-
-    extra = {"cfg_scale": args.lm_cfg_scale, "use_cot_caption": args.use_cot_caption} if hasattr(args, "lm_cfg_scale") else {}
-    return PlanOptions(temperature=args.lm_temperature, top_p=args.lm_top_p, top_k=args.lm_top_k, **extra)
-
-
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return dict(temperature=args.lm_temperature, top_p=args.lm_top_p, top_k=args.lm_top_k, max_new_tokens=args.max_new_tokens)
 
 
-def _item_params(result, i: int) -> dict[str, Any]:
-    """Take i's parameters: the batch's, with a planned take's own fields (seed, metas, codes)."""
-    items = result.params.get("items") or []
-    base = {k: v for k, v in result.params.items() if k != "items"}
-    return {**base, **(items[i] if i < len(items) else {})}
+def _dtype(args: argparse.Namespace):
+    import torch
+
+    return getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
+
+
+def _check_before_load(args: argparse.Namespace, request) -> str:
+    """Everything that needs no weights, before anything loads: the request (built already),
+    the device, the variant against the task, the loudness target. Returns the variant."""
+    from songstep import audio
+    from songstep.config import preset
+    from songstep.pipeline.plan import resolve
+    from songstep.tasks import get_task
+
+    _device(args)
+    if request.loudness is not None:
+        audio.check_loudness_target(request.loudness)
+    variant = args.variant or ("base" if get_task(request.task).needs_turbo_off else "turbo")
+    resolve(request, preset(variant), variant)  # task vs family, step limits, warnings
+    return variant
 
 
 def run_task(args: argparse.Namespace) -> int:
-    from songstep import audio
-    from songstep.config import GenerationRequest
     from songstep.pipeline import Pipeline
-    from songstep.tasks import get_task
 
-    kw = _request_kwargs(args)
-    if args.loudness is not None:
-        audio.check_loudness_target(args.loudness)  # before minutes of model loading
-    variant = args.variant or ("base" if get_task(kw["task"]).needs_turbo_off else "turbo")
-    pipe = Pipeline.from_pretrained(args.model, variant=variant, device=args.device, offload=args.offload, root=args.root,
-                                    offline=args.offline, lm=_lm_choice(args),
+    request = build_request(args)
+    variant = _check_before_load(args, request)
+    model = args.model or DEFAULT_MODEL
+    status(args, f"loading {variant} from {model} on {_device(args)} …")
+    pipe = Pipeline.from_pretrained(model, variant=variant, device=_device(args), dtype=_dtype(args), offload=args.offload,
+                                    root=args.root, offline=args.offline, lm=_lm_choice(args, request),
                                     lm_backend=getattr(args, "lm_backend", "transformers"))
-    if pipe.planner is not None and getattr(args, "max_new_tokens", None):
-        pipe.planner.max_new_tokens = args.max_new_tokens
+    status(args, f"running {request.task} ({request.batch} take{'s' if request.batch > 1 else ''}) on {pipe.device}, "
+                 f"{str(pipe.dtype).removeprefix('torch.')}, {pipe.tier.name} tier")
     progress, close = _progress_bar(args.quiet)
     try:
-        result = pipe.run(GenerationRequest(**kw), progress=progress, normalize=args.normalize, loudness=args.loudness,
-                          thinking=getattr(args, "thinking", None), plan_options=_plan_options(args))
+        result = pipe.run(request, progress=progress)
     finally:
         close()
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    for i, seed in enumerate(result.seeds):
-        params = {**_item_params(result, i), "seed": seed, "batch_index": i, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
-        stem = args.name if args.name and len(result.seeds) == 1 else (f"{args.name}-{i}" if args.name else _stem(params, seed))
-        path = audio.save_audio(args.output_dir / f"{stem}.{args.format}", result.audio[i], result.sample_rate, args.format, params=params)
-        sidecar = audio.write_sidecar(path, params, result.timings)
-        print(path)
-        print(sidecar)
+    for take in result.takes():
+        params = {**take.params, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
+        stem = _stem(params, take.seed) if not args.name else (args.name if len(result.seeds) == 1 else f"{args.name}-{take.params['batch_index']}")
+        path = _free_path(args.output_dir, stem, args.format, args.overwrite)
+        path = audio_save(path, take.audio, result.sample_rate, args.format, params)
+        sidecar = audio_sidecar(path, params, result.timings)
+        print(path, flush=True)
+        print(sidecar, flush=True)
     return 0
 
 
-def _load_planner(args: argparse.Namespace):
+def _free_path(folder: Path, stem: str, fmt: str, overwrite: bool) -> Path:
+    """`folder/stem.fmt`, or with a -2, -3 … suffix when that name (audio or sidecar) is taken."""
+    from songstep.errors import InvalidRequest
+
+    if Path(stem).name != stem or stem in ("", ".", ".."):
+        raise InvalidRequest(f"--name {stem!r} must be a plain file name (no folders)")
+    path, n = folder / f"{stem}.{fmt}", 1
+    while not overwrite and (path.exists() or path.with_suffix(".json").exists()):
+        n += 1
+        path = folder / f"{stem}-{n}.{fmt}"
+    return path
+
+
+def audio_save(path: Path, wave, sample_rate: int, fmt: str, params: dict[str, Any]) -> Path:
+    from songstep import audio
+
+    return audio.save_audio(path, wave, sample_rate, fmt, params=params)
+
+
+def audio_sidecar(path: Path, params: dict[str, Any], timings: dict[str, float]) -> Path:
+    from songstep import audio
+
+    return audio.write_sidecar(path, params, timings)
+
+
+def _load_planner(args: argparse.Namespace, max_new_tokens: int | None = None):
     from songstep.pipeline.components import resolve_lm
     from songstep.pipeline.tiers import detect_tier
     from songstep.planner import Planner
 
     device = _device(args)
     tier = detect_tier(device)
-    folder = resolve_lm(args.model, _lm_choice_for_tool(args), tier.lm, args.root, args.offline)
+    folder = resolve_lm(args.model or DEFAULT_MODEL, _lm_choice_for_tool(args), tier.lm, args.root, args.offline)
     if folder is None:
         from songstep.errors import InvalidRequest
 
         raise InvalidRequest("this command needs the planner LM; pass --lm 0.6B, 1.7B, 4B or an LM folder")
-    return Planner.from_pretrained(folder, device=device, max_duration=tier.max_duration_lm, max_new_tokens=args.max_new_tokens,
+    cap = max_new_tokens if max_new_tokens is not None else getattr(args, "max_new_tokens", None)
+    return Planner.from_pretrained(folder, device=device, max_duration=tier.max_duration_lm, max_new_tokens=cap,
                                    backend=args.lm_backend)
 
 
@@ -310,14 +365,14 @@ def _print_json(data: Any) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from songstep.config import GenerationRequest
+    from songstep.pipeline.planning import plan_options
 
-    planner = _load_planner(args)
-    request = GenerationRequest(**_request_kwargs(args))
-    thinking = args.thinking is not False
+    request = build_request(args, "text2music")
+    planner = _load_planner(args, max_new_tokens=request.max_new_tokens)
+    thinking = request.thinking is not False
     progress, close = _progress_bar(args.quiet)
     try:
-        plans = planner.plan_batch(request, thinking=thinking, options=_plan_options(args), progress=progress)
+        plans = planner.plan_batch(request, thinking=thinking, options=plan_options(request), progress=progress)
     finally:
         close()
     out = [plan.to_dict() for plan in plans]
@@ -344,7 +399,7 @@ def run_understand(args: argparse.Namespace) -> int:
     else:
         from songstep.pipeline import Pipeline
 
-        pipe = Pipeline.from_pretrained(args.model, variant=args.variant or "turbo", device=args.device, offload=args.offload,
+        pipe = Pipeline.from_pretrained(args.model or DEFAULT_MODEL, variant=args.variant or "turbo", device=args.device, offload=args.offload,
                                         root=args.root, offline=args.offline, lm=_lm_choice_for_tool(args),
                                         lm_backend=args.lm_backend)
         desc = pipe.understand(str(args.file), seed=args.seed, **_sampling(args))
@@ -382,7 +437,7 @@ def run_info(args: argparse.Namespace) -> int:
     from songstep.pipeline.tiers import detect_tier
 
     root = Path(args.root)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(args).type
     info: dict[str, Any] = {"songstep": __version__, "torch": torch.__version__, "device": device}
     if device == "cuda":
         free, total = torch.cuda.mem_get_info()
@@ -394,6 +449,10 @@ def run_info(args: argparse.Namespace) -> int:
         folder = root / comp.folder
         installed[comp.name] = str(folder) if folder.is_dir() else None
     info["checkpoints"] = {"root": str(root), "installed": installed}
+    if args.model is not None:
+        from songstep.pipeline.components import describe_model
+
+        info["model"] = describe_model(args.model, root=args.root)
     print(json.dumps(info, indent=2, ensure_ascii=False))
     return 0
 
@@ -420,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(args.verbose)
     from songstep.errors import InvalidAudio, InvalidRequest, SongstepError
 
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     handlers = {"download": run_download, "info": run_info, "plan": run_plan,
                 "create-sample": run_create_sample, "understand": run_understand}
     try:
@@ -428,11 +491,21 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (InvalidRequest, InvalidAudio) as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 2
     except (SongstepError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 1
+    except Exception as e:  # the last resort: one line (the trace with -v)
+        if args.verbose:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (run with -v for the full trace)", file=sys.stderr)
+        return 1
+
+
+def _error(e: BaseException) -> None:
+    for line in str(e).splitlines() or [type(e).__name__]:
+        print(f"error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

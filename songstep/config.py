@@ -206,75 +206,50 @@ def tiny_config(xl: bool = False, is_turbo: bool = True, **overrides: Any) -> Di
     return DiTConfig(**base)
 
 
-# -- requests ----------------------------------------------------------------------------------
-AudioInput = Any  # a path, or a float waveform tensor [channels, samples] at 48 kHz
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """What a user asks for. `None` means "the variant's default" (or "let the planner decide"
-    for the musical metadata). Validated once at the boundary by
-    `songstep.conditioning.validate_request`."""
-
-    task: str = "text2music"
-    caption: str = ""
-    lyrics: str = ""
-    instrumental: bool = False
-    language: str = "unknown"
-    duration: float | None = None
-    bpm: int | None = None
-    keyscale: str | None = None
-    timesignature: str | None = None
-    tracks: tuple[str, ...] = ()
-    source_audio: AudioInput | None = None
-    reference_audio: AudioInput | None = None
-    repaint_start: float = 0.0
-    repaint_end: float | None = None
-    repaint_strength: float = 0.5  # 0 aggressive … 1 conservative (injection, crossfades)
-    strength: float = 1.0  # audio_cover_strength: share of the steps on the cover condition
-    cover_noise_strength: float = 0.0  # > 0 starts from the noised source instead of pure noise
-    audio_codes: str | None = None  # LM audio codes (`<|audio_code_N|>…`) to condition on
-    steps: int | None = None
-    shift: float | None = None
-    guidance: float | None = None
-    guidance_method: str = "apg"
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
-    solver: str = "euler"
-    method: str = "ode"
-    timesteps: tuple[float, ...] | None = None
-    dcw: bool = True
-    seed: int | None = None
-    batch: int = 1
-    retake_seed: int | None = None
-    retake_variance: float = 0.0
-
-    def replace(self, **changes: Any) -> GenerationRequest:
-        return dataclasses.replace(self, **changes)
-
-
 @dataclass(frozen=True)
 class VariantDefaults:
-    """Sampler defaults per variant family (spec pipeline.md §8.1)."""
+    """Sampler defaults of one model family, read from the checkpoint's config (`is_turbo`), never
+    from its name: turbo runs its 8-entry table without CFG, with the wavelet correction (DCW) on;
+    base and sft run 32 steps of CFG (APG, scale 7.0) with DCW off (it spoils their output, as
+    upstream found and fixed). Values a user gives always win."""
 
+    family: str
     steps: int
     shift: float
     guidance: float
+    dcw: bool
+    solver: str
     max_steps: int
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "shift": self.shift, "guidance": self.guidance, "dcw": self.dcw, "solver": self.solver}
 
-TURBO_DEFAULTS = VariantDefaults(steps=8, shift=3.0, guidance=1.0, max_steps=20)
-CFG_DEFAULTS = VariantDefaults(steps=32, shift=3.0, guidance=7.0, max_steps=200)
 
+# the one per-family defaults table
+FAMILY_DEFAULTS = {
+    "turbo": VariantDefaults("turbo", steps=8, shift=3.0, guidance=1.0, dcw=True, solver="euler", max_steps=20),
+    "base": VariantDefaults("base", steps=32, shift=3.0, guidance=7.0, dcw=False, solver="euler", max_steps=200),
+    "sft": VariantDefaults("sft", steps=32, shift=3.0, guidance=7.0, dcw=False, solver="euler", max_steps=200),
+}
+TURBO_DEFAULTS = FAMILY_DEFAULTS["turbo"]
+CFG_DEFAULTS = FAMILY_DEFAULTS["base"]
 
 # checkpoints distilled at one shift (their config.json equals turbo's, so the name decides)
 SHIFT_BY_VARIANT = {"turbo-shift1": 1.0, "turbo-shift3": 3.0}
+
+
+def family(config: DiTConfig) -> str:
+    """turbo, base or sft, from the config (`is_turbo`, then `model_version`)."""
+    if config.is_turbo:
+        return "turbo"
+    return "sft" if "sft" in str(config.model_version or "") else "base"
 
 
 def variant_defaults(config: DiTConfig, variant: str | None = None) -> VariantDefaults:
     """The family's defaults; a checkpoint distilled at one shift defaults to that shift
     (upstream's UI uses 3.0 for every turbo file, which runs turbo-shift1 off its training
     shift; pass `shift=3.0` for that)."""
-    base = TURBO_DEFAULTS if config.is_turbo else CFG_DEFAULTS
+    base = FAMILY_DEFAULTS[family(config)]
     if variant in SHIFT_BY_VARIANT:
         return dataclasses.replace(base, shift=SHIFT_BY_VARIANT[variant])
     return base

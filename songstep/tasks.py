@@ -33,6 +33,7 @@ class TaskSpec:
     injects_source: bool = False  # repaint preservation (injection + crossfade + splice)
     length_from_source: bool = False
     codes_task: str | None = None  # with LM/user audio codes this row runs as that task instead
+    keeps_level: bool = False  # the result keeps the source's level (no peak normalisation by default)
     aliases: tuple[str, ...] = ()
 
     def instruction(self, tracks: Sequence[str] | str | None = None) -> str:
@@ -79,6 +80,7 @@ TASKS: dict[str, TaskSpec] = {
             source="audio_window_silenced",
             window=True,
             injects_source=True,
+            keeps_level=True,
         ),
         TaskSpec(
             "lego",
@@ -89,6 +91,7 @@ TASKS: dict[str, TaskSpec] = {
             needs_turbo_off=True,
             source="audio",
             window=True,
+            keeps_level=True,
             aliases=("add_layer", "add-layer"),
         ),
         TaskSpec(
@@ -100,6 +103,7 @@ TASKS: dict[str, TaskSpec] = {
             needs_turbo_off=True,
             source="audio",
             length_from_source=True,
+            keeps_level=True,
         ),
         TaskSpec(
             "complete",
@@ -110,6 +114,7 @@ TASKS: dict[str, TaskSpec] = {
             needs_turbo_off=True,
             source="audio",
             length_from_source=True,
+            keeps_level=True,
         ),
     )
 }

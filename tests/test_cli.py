@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -35,11 +34,8 @@ def _outputs(stdout: str) -> tuple[Path, Path]:
 def test_generate_through_the_real_cli(tiny_tree, tmp_path) -> None:
     common = ["generate", "--model", str(tiny_tree), "--caption", "lofi piano", "--duration", "12.34",
               "--format", "wav", "--quiet", "--device", "cpu"]
-    start = time.perf_counter()
     first = _songstep(*common, "--seed", "7", "--output-dir", str(tmp_path / "a"), cwd=tmp_path)
-    elapsed = time.perf_counter() - start
     assert first.returncode == 0, first.stderr
-    assert elapsed < 10.0, f"songstep generate took {elapsed:.1f} s"
     audio, sidecar = _outputs(first.stdout)
     info = sf.info(str(audio))
     frames = int(12.3 * SAMPLE_RATE) // HOP_LENGTH

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from songstep.config import GenerationRequest
+from songstep.request import GenerationRequest
 from songstep.constants import KEYSCALES, LANGUAGES, THINK_END
 from songstep.errors import InvalidRequest
 from songstep.planner import Planner, PlanOptions, SongDescription, phases, scoring

@@ -22,15 +22,16 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from songstep.config import GenerationRequest
 from songstep.errors import Cancelled
+from songstep.request import MAX_SEED, GenerationRequest, next_seed, take_seeds
 
 log = logging.getLogger(__name__)
 
 
 def next_request(request: GenerationRequest, seeds: list[int]) -> GenerationRequest:
     """The batch after one made with `seeds`: the same request, seeds continuing after the last."""
-    return request.replace(seed=(seeds[-1] + 1) % 2**63)
+    first = next_seed(seeds[-1])
+    return request.replace(seed=first if first + request.batch - 1 <= MAX_SEED else 0)
 
 
 class AutoGen:
@@ -46,7 +47,7 @@ class AutoGen:
         if request.seed is None:
             raise ValueError("AutoGen needs a request with its seed resolved")
         self.request = request
-        self.seeds = [(request.seed + i) % 2**63 for i in range(request.batch)]
+        self.seeds = take_seeds(request.seed, request.batch)
         self._run, self._kwargs = run, dict(run_kwargs)
         self._lock = lock if lock is not None else threading.RLock()
         self._stop = threading.Event()

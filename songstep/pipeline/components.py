@@ -39,6 +39,15 @@ class Components:
     device: torch.device
     offload: bool = False
 
+    def to(self, device: torch.device) -> None:
+        """Move the DiT, VAE, text encoder and silence latent to `device` (with offload on, the
+        idle parts stay on the CPU and only the compute device changes)."""
+        if not self.offload:
+            for module in (self.dit, self.vae.model, self.text.model):
+                module.to(device)
+        self.silence = self.silence.to(device)
+        self.device = device
+
     @contextlib.contextmanager
     def on_device(self, name: str):
         """With offload on, move one component to the compute device for a stage and back."""
@@ -117,3 +126,46 @@ def resolve_lm(
     if (folder / "config.json").is_file():
         return folder
     raise ModelNotFound(f"no planner LM {lm!r}: use auto, none, {', '.join(LM_SIZES)} or an LM folder")
+
+
+def weights_digest(folder: str | Path) -> str:
+    """A fingerprint of a component folder's weights: sha256 over each `*.safetensors` file's name,
+    size and header (every tensor's name, dtype, shape and byte offsets). It changes when any tensor
+    is added, removed, reshaped or the file is rewritten at another size; it is read in
+    milliseconds, unlike a hash of gigabytes of weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = f.read(min(size, 100_000_000))
+        h.update(path.name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0" + header)
+    return h.hexdigest()[:16]
+
+
+def describe_model(model: str | Path, *, root: str | Path = "checkpoints", offline: bool = True) -> dict:
+    """What `songstep info --model` shows: each component's folder (or why it is missing), whether
+    it is a local folder (used as it is) or a hub download (checked against pinned checksums), and
+    the DiT variants found with their family."""
+    from songstep.config import DiTConfig, family
+
+    local = Path(str(model)).expanduser().is_dir()
+    out: dict = {"model": str(model), "kind": "local folder (used as it is)" if local else "hub repo (pinned, checksummed)",
+                 "components": {}}
+    for name in (*VARIANTS, "vae", "text-encoder", *(f"lm-{s}" for s in LM_SIZES)):
+        try:
+            folder = resolve_folder(model, name, root, offline=True if local else offline)
+        except (ModelNotFound, DownloadError) as exc:
+            if name in ("vae", "text-encoder", "turbo"):
+                out["components"][name] = {"missing": str(exc).splitlines()[0]}
+            continue
+        entry: dict = {"folder": str(folder)}
+        if name in VARIANTS:
+            try:
+                entry["family"] = family(DiTConfig.from_file(folder / "config.json"))
+                entry["digest"] = weights_digest(folder)
+            except Exception as exc:  # noqa: BLE001 - reported, not raised: info describes what it finds
+                entry["error"] = str(exc).splitlines()[0]
+        out["components"][name] = entry
+    return out

@@ -1,18 +1,19 @@
-"""`Pipeline`: the library API (spec pipeline.md §3).
+"""`Pipeline`: the library API.
 
     pipe = Pipeline.from_pretrained("ACE-Step/Ace-Step1.5")           # or a local checkpoints dir
     result = pipe.generate(caption="lofi hip hop", lyrics="[Instrumental]", duration=60, seed=7)
     result.audio  # [batch, 2, samples] float32 at 48 kHz
+    result.take(1).params  # the second take's own parameters (its seed, planned metas, …)
 
-Every task method builds a `GenerationRequest` and runs it through `run()`: validate → plan →
-condition → sample → decode → post-process. With a planner LM loaded (`lm=`), text2music requests
-are planned first (`songstep.pipeline.planning`); `understand`, `audio_to_codes`, `score_takes`
-and `autogen` are the planner's other uses.
+Every task method builds one `GenerationRequest` (`songstep.request`, validated when built) and runs
+it through `run()`: resolve into an execution plan (`songstep.pipeline.plan`) → plan with the LM
+(text2music with a planner loaded, `songstep.pipeline.planning`) → prepare the DiT inputs → sample →
+decode → post-process (`songstep.postprocess`). Out-of-memory handling is `songstep.pipeline.memory`.
+The Pipeline only orchestrates: no request state survives a call, so each request stands alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -22,33 +23,42 @@ from typing import Any
 
 import torch
 
-from songstep import audio
-from songstep.conditioning import repaint_settings, validate_request
-from songstep.config import GenerationRequest, variant_defaults
 from songstep.constants import AUDIO_CODE_TOKEN, HOP_LENGTH, SAMPLE_RATE
-from songstep.errors import InvalidRequest, OutOfMemory
-from songstep.pipeline import planning
+from songstep.errors import InvalidRequest
+from songstep.pipeline import memory, planning
 from songstep.pipeline.autogen import AutoGen
-from songstep.pipeline.components import Components, load_components, resolve_lm
-from songstep.pipeline.inputs import Prepared, generators, load_wave, prepare, resolve_seeds
+from songstep.pipeline.components import Components, load_components, resolve_lm, weights_digest
+from songstep.pipeline.inputs import Prepared, generators, load_wave, prepare
+from songstep.pipeline.plan import ExecutionPlan, resolve
 from songstep.pipeline.tiers import Tier, detect_tier
 from songstep.planner import Planner, PlanOptions, Score, SongDescription
 from songstep.planner.core import StageProgress
-from songstep.sampling.dcw import DCWOptions
+from songstep.postprocess import splice
+from songstep.request import GenerationRequest, next_seed, take_seeds
 from songstep.sampling.dit import generate_latents
-from songstep.sampling.flow import SamplerOptions
 from songstep.sampling.noise import NoiseStream, draw_noise, mix_retake
 
 log = logging.getLogger(__name__)
 
 Progress = StageProgress  # (stage, done, total): the planner reports through the same callback
+CALL_KEYS = ("generator", "progress", "plan_options", "output_type")
+
+
+@dataclass
+class Take:
+    """One take of a result: its audio [2, samples], seed and own parameters."""
+
+    audio: torch.Tensor
+    sample_rate: int
+    seed: int
+    params: dict[str, Any]
 
 
 @dataclass
 class GenerationResult:
     """One request's takes: `audio[i]` was made with `seeds[i]` and can be reproduced alone."""
 
-    audio: torch.Tensor  # [B, 2, samples] float32
+    audio: Any  # [B, 2, samples] float32 tensor (a numpy array with output_type="np")
     sample_rate: int
     seeds: list[int]
     params: dict[str, Any]  # the full effective parameters (request + defaults + derived)
@@ -59,52 +69,30 @@ class GenerationResult:
     def duration(self) -> float:
         return self.audio.shape[-1] / self.sample_rate
 
+    def take(self, i: int) -> Take:
+        """Take i with its own parameters: the batch's, with a planned take's own fields (seed,
+        metas, codes) and its seed."""
+        items = self.params.get("items") or []
+        base = {k: v for k, v in self.params.items() if k != "items"}
+        params = {**base, **(items[i] if i < len(items) else {}), "seed": self.seeds[i], "batch_index": i}
+        if isinstance(params.get("request"), dict):
+            params["request"] = {**params["request"], "seed": self.seeds[i], "batch": 1}
+        return Take(self.audio[i], self.sample_rate, self.seeds[i], params)
 
-def sampler_options(request: GenerationRequest, dit_config, variant: str | None = None) -> SamplerOptions:
-    d = variant_defaults(dit_config, variant)
-    settings = repaint_settings(request.repaint_strength)
-    return SamplerOptions(
-        steps=request.steps if request.steps is not None else d.steps,
-        shift=request.shift if request.shift is not None else d.shift,
-        timesteps=request.timesteps,
-        method=request.method,
-        solver=request.solver,
-        guidance_scale=d.guidance if dit_config.is_turbo or request.guidance is None else float(request.guidance),
-        guidance=request.guidance_method,
-        cfg_interval=tuple(request.cfg_interval),
-        cover_strength=request.strength,
-        cover_noise_strength=request.cover_noise_strength,
-        repaint_injection_ratio=settings.injection_ratio,
-        repaint_crossfade_frames=settings.crossfade_frames,
-        dcw=DCWOptions(enabled=request.dcw),
-    )
-
-
-def splice(generated: torch.Tensor, source: torch.Tensor, window: tuple[int, int], crossfade_s: float) -> torch.Tensor:
-    """Keep the source outside the window (frames → samples), with linear ramps of
-    `crossfade_s` seconds outside each window edge (spec pipeline.md §4.3 step 3)."""
-    n = generated.shape[-1]
-    m = torch.zeros(n)
-    a, b = window[0] * HOP_LENGTH, min(window[1] * HOP_LENGTH, n)
-    m[a:b] = 1.0
-    ramp = int(round(crossfade_s * SAMPLE_RATE))
-    if ramp > 0:
-        lo = max(0, a - ramp)
-        m[lo:a] = torch.linspace(0, 1, a - lo + 2)[1:-1]
-        hi = min(n, b + ramp)
-        m[b:hi] = torch.linspace(1, 0, hi - b + 2)[1:-1]
-    src = audio.pad_or_trim(source, n).to(generated)
-    return m.to(generated) * generated + (1 - m.to(generated)) * src
+    def takes(self) -> list[Take]:
+        return [self.take(i) for i in range(len(self.seeds))]
 
 
 class Pipeline:
     """DiT + VAE + text encoder (+ planner), on one device, ready to run requests. Runs are
     serialised by a lock (AutoGen generates in a background thread)."""
 
-    def __init__(self, components: Components, tier: Tier, planner: Planner | None = None) -> None:
+    def __init__(self, components: Components, tier: Tier, planner: Planner | None = None,
+                 source: dict[str, Any] | None = None) -> None:
         self.components = components
         self.tier = tier
         self.planner = planner
+        self.source = source or {}  # where the weights came from (recorded in sidecars)
         self._lock = threading.RLock()
 
     @classmethod
@@ -115,6 +103,7 @@ class Pipeline:
         variant: str = "turbo",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | None = None,
         offload: bool | None = None,
         root: str | Path = "checkpoints",
         offline: bool = False,
@@ -127,7 +116,8 @@ class Pipeline:
         `offload=None` follows the GPU tier picked from free memory (≤ 12 GB: offload).
         `lm`: the planner — "auto" (the tier's size; none on CPU or ≤ 6 GB), "none", "0.6B",
         "1.7B", "4B" or an LM folder; `lm_backend`: "transformers" or "vllm" (the `[vllm]`
-        extra; `vllm_options` go to `VLLMBackend`)."""
+        extra; `vllm_options` go to `VLLMBackend`). `torch_dtype` is diffusers' name for `dtype`."""
+        dtype = dtype or torch_dtype
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tier = tier or detect_tier(dev)
         offload = tier.offload if offload is None else offload
@@ -141,34 +131,60 @@ class Pipeline:
                 folder, device=dev, dtype=dtype, max_duration=tier.max_duration_lm, backend=lm_backend,
                 vllm_options=vllm_options,
             )
-        return cls(components, tier, planner)
+        folder = components.folders[variant]
+        source = {"model": str(model), "variant": variant, "folder": str(folder), "digest": weights_digest(folder)}
+        return cls(components, tier, planner, source=source)
+
+    # -- diffusers habits -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.components.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.components.dit.dtype
+
+    def to(self, device: torch.device | str) -> Pipeline:
+        """Move every component (and the planner LM) to `device`; returns the pipeline."""
+        device = torch.device(device)
+        with self._lock:
+            lm_device = self.planner.lm.backend.device if self.planner is not None else None
+            if lm_device is not None and torch.device(lm_device).type != device.type:
+                raise InvalidRequest(f"the planner LM stays on {lm_device}: load the pipeline with device={str(device)!r} "
+                                     "(or lm='none') instead of moving it")
+            self.components.to(device)
+        return self
 
     # -- task methods ------------------------------------------------------------------------
     def generate(self, caption: str = "", lyrics: str = "", *, duration: float | None = None, **kw) -> GenerationResult:
         """A new song (text2music) from a caption and lyrics."""
-        return self.run(GenerationRequest(task="text2music", caption=caption, lyrics=lyrics, duration=duration, **_req(kw)), **_run(kw))
+        return self._task(dict(task="text2music", caption=caption, lyrics=lyrics, duration=duration), kw)
 
     def cover(self, source, caption: str = "", *, strength: float = 1.0, **kw) -> GenerationResult:
         """Restyle `source`: strength is the share of the steps that follow its structure."""
-        return self.run(GenerationRequest(task="cover", source_audio=source, caption=caption, strength=strength, **_req(kw)), **_run(kw))
+        return self._task(dict(task="cover", source_audio=source, caption=caption, strength=strength), kw)
 
     def repaint(self, source, start: float, end: float | None, caption: str = "", **kw) -> GenerationResult:
         """Regenerate [start, end) seconds; a negative start or an end past the source extends it."""
-        req = GenerationRequest(task="repaint", source_audio=source, repaint_start=start, repaint_end=end, caption=caption, **_req(kw))
-        return self.run(req, **_run(kw))
+        return self._task(dict(task="repaint", source_audio=source, repaint_start=start, repaint_end=end,
+                               caption=caption), kw)
 
     def add_layer(self, source, track: str, caption: str = "", **kw) -> GenerationResult:
         """Add one instrument track to `source` (upstream "lego"; needs a base/sft model)."""
-        return self.run(GenerationRequest(task="lego", source_audio=source, tracks=(track,), caption=caption, **_req(kw)), **_run(kw))
+        return self._task(dict(task="lego", source_audio=source, tracks=(track,), caption=caption), kw)
 
     def extract(self, source, track: str, **kw) -> GenerationResult:
         """Isolate one track (stem) of `source` (needs a base/sft model)."""
-        return self.run(GenerationRequest(task="extract", source_audio=source, tracks=(track,), **_req(kw)), **_run(kw))
+        return self._task(dict(task="extract", source_audio=source, tracks=(track,)), kw)
 
     def complete(self, source, tracks, caption: str = "", **kw) -> GenerationResult:
         """Write the accompaniment for a single track, e.g. a vocal (Vocal2BGM)."""
         tracks = (tracks,) if isinstance(tracks, str) else tuple(tracks)
-        return self.run(GenerationRequest(task="complete", source_audio=source, tracks=tracks, caption=caption, **_req(kw)), **_run(kw))
+        return self._task(dict(task="complete", source_audio=source, tracks=tracks, caption=caption), kw)
+
+    def _task(self, fields: dict[str, Any], kw: dict[str, Any]) -> GenerationResult:
+        call = {k: kw.pop(k) for k in CALL_KEYS if k in kw}
+        return self.run(GenerationRequest(**fields, **kw), **call)
 
     # -- the one code path -----------------------------------------------------------------------
     def run(
@@ -177,99 +193,88 @@ class Pipeline:
         *,
         generator: torch.Generator | list[torch.Generator] | None = None,
         progress: Progress | None = None,
-        normalize: bool | None = None,
-        loudness: float | None = None,
-        thinking: bool | None = None,
         plan_options: PlanOptions | None = None,
+        output_type: str = "pt",
+        **request_fields: Any,
     ) -> GenerationResult:
-        """Run one request. With a planner loaded, `thinking` (default on) makes the LM write
+        """Run one request. With a planner loaded, `request.thinking` (default on) makes the LM write
         audio codes for text2music, and missing bpm/key/time signature/duration are filled from
-        its CoT either way (`plan_options` tunes it); without a planner both are ignored.
+        its CoT either way (`plan_options`, else the request's `lm_*` fields, tune it); without a
+        planner both are ignored. `request_fields` (e.g. `normalize=False`) are applied to the request.
 
-        Level: by default each take is peak-normalised to −1 dBFS (repaint keeps the source's
-        level); `normalize=False` turns that off; `loudness=-14.0` instead scales each take to
-        that integrated loudness in LUFS (ITU-R BS.1770, needs `pyloudnorm`), peaks limited to 0 dBFS.
+        Level: see `songstep.postprocess` (new songs peak at −1 dBFS; stems, layers, completions and
+        repaints keep the source's level; `loudness=-14.0` scales to that integrated loudness).
 
-        `progress(stage, done, total)` is called per DiT step ("dit"), after the VAE decode ("vae") and
-        every few LM tokens ("lm", "lm-codes"). It may raise (e.g. `songstep.errors.Cancelled`)
-        to stop the run there: the exception propagates and the pipeline is free for the next run."""
-        if loudness is not None:
-            audio.check_loudness_target(loudness)
-        level = _Level(normalize, loudness)
+        `progress(stage, done, total)` is called per DiT step ("dit"), around the source encode
+        ("encode"), after the VAE decode ("vae") and every few LM tokens ("lm", "lm-codes"). It may
+        raise (e.g. `songstep.errors.Cancelled`) to stop the run there: the exception propagates and
+        the pipeline is free for the next run. `output_type="np"` returns numpy audio."""
+        if output_type not in ("pt", "np"):
+            raise InvalidRequest(f"output_type must be 'pt' or 'np', got {output_type!r}")
+        if request_fields:
+            request = request.replace(**request_fields)
         with self._lock:
-            spec = validate_request(request, self.components.dit.config)
-            think = True if thinking is None else bool(thinking)
-            run_lm, codes = planning.planner_steps(request, spec, think)
+            gens = planning.item_generators(generator, request.batch) if generator is not None else None
+            seeds = [g.initial_seed() for g in gens] if gens else None
+            plan = resolve(request, self.components.dit.config, self.components.variant, seeds=seeds)
+            think = True if request.thinking is None else bool(request.thinking)
+            run_lm, codes = planning.planner_steps(request, plan.spec, think)
             if self.planner is None or not run_lm:
-                if thinking and self.planner is None:
+                if request.thinking and self.planner is None:
                     log.info("thinking requested but no planner LM is loaded (lm=...)")
-                return self._generate(request, generator=generator, progress=progress, level=level)
-            return self._run_planned(request, generator, progress, level, codes, plan_options)
+                result = self._generate(plan, generator=generator, progress=progress)
+            else:
+                result = self._run_planned(plan, generator, progress, codes, plan_options)
+        if output_type == "np":
+            result.audio = result.audio.numpy()
+        return result
 
-    def _run_planned(self, request, generator, progress, level, codes, options) -> GenerationResult:
+    def _run_planned(self, plan: ExecutionPlan, generator, progress, codes, options) -> GenerationResult:
         t0 = time.perf_counter()
-        seeds = _seeds(request, generator)
-        plans = planning.plan_takes(self.planner, request, seeds, codes=codes, options=options, tier=self.tier,
+        request = plan.request
+        options = options or planning.plan_options(request)
+        plans = planning.plan_takes(self.planner, request, plan.seeds, codes=codes, options=options, tier=self.tier,
                                     progress=progress)
         if self.components.offload:  # small GPUs: the LM's KV cache makes room for the DiT and VAE
-            self.planner.lm.backend.release()
+            self.planner.release()
         lm_seconds = time.perf_counter() - t0
         gens = planning.item_generators(generator, len(plans))
+        config, variant = self.components.dit.config, self.components.variant
         results = [
-            self._generate(plan.request, generator=g, progress=progress, level=level)
-            for plan, g in zip(plans, gens)
+            self._generate(resolve(p.request, config, variant, seeds=[p.seed]), generator=g, progress=progress)
+            for p, g in zip(plans, gens)
         ]
         return GenerationResult(**planning.combine(
             request, plans, results, planner=self.planner, options=options, codes=codes, lm_seconds=lm_seconds
         ))
 
-    def _generate(self, request: GenerationRequest, *, generator, progress, level: _Level) -> GenerationResult:
-        """One take set through the DiT and VAE. Out of GPU memory, it frees what it can (the
-        planner LM's KV cache, the allocator's cache) and retries once with the generators'
-        states restored (the same seeds give the same audio); a second failure is `OutOfMemory`
-        with what to change."""
+    def _generate(self, plan: ExecutionPlan, *, generator, progress) -> GenerationResult:
+        """One take set through the DiT and VAE, under the memory policy (`memory.retry_once`)."""
         gens = [g for g in planning.item_generators(generator, 1) if g is not None]
-        states = [g.get_state() for g in gens]
-        try:
-            return self._generate_once(request, generator=generator, progress=progress, level=level)
-        except OOM_ERRORS:
-            log.warning("out of GPU memory; freed %.2f GiB of planner KV cache and retrying once", self._free() / 2**30)
-        for g, state in zip(gens, states):
-            g.set_state(state)
-        try:
-            return self._generate_once(request, generator=generator, progress=progress, level=level)
-        except OOM_ERRORS as exc:
-            raise OutOfMemory(
-                f"out of GPU memory for {request.batch} take(s) of {request.duration or 'the planned'} s "
-                f"({self.tier.name} tier): lower the batch or the duration, load with offload=True, "
-                "or use a smaller planner LM (lm='0.6B' or 'none')"
-            ) from exc
+        advice = (f"out of GPU memory for {plan.batch} take(s) of {plan.texts.duration or 'the planned'} s "
+                  f"({self.tier.name} tier): lower the batch or the duration, load with offload=True, "
+                  "or use a smaller planner LM (lm='0.6B' or 'none')")
+        return memory.retry_once(lambda: self._generate_once(plan, generator=generator, progress=progress),
+                                 gens, self._free, advice)
 
     def _free(self) -> int:
-        """Free GPU memory held between runs; the bytes of planner KV cache freed."""
-        freed = self.planner.lm.backend.release() if self.planner is not None else 0
-        if self.components.device.type == "cuda":
-            torch.cuda.empty_cache()
-        return freed
+        return memory.free_memory(self.planner, self.components.device)
 
-    def _generate_once(self, request: GenerationRequest, *, generator, progress, level: _Level) -> GenerationResult:
+    def _generate_once(self, plan: ExecutionPlan, *, generator, progress) -> GenerationResult:
         c = self.components
-        spec = validate_request(request, c.dit.config)
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        seeds = _seeds(request, generator)
-        prep = prepare(c, request, spec, seeds)
+        prep = prepare(c, plan, progress)
         timings["prepare"] = time.perf_counter() - start
         timings.update(prep.timings)
-        latents = self._sample(prep, request, generator, progress, timings)
-        wave, fallback = self._decode(prep, latents, timings, progress)
-        keep_level = prep.repaint is not None
-        wave = level.apply(wave, keep_level=keep_level)
+        latents = self._sample(prep, plan, generator, progress, timings)
+        wave, fallback = self._decode(prep, plan, latents, timings, progress)
+        wave = plan.level.apply(wave)
         timings["total"] = time.perf_counter() - start
-        params = {**self._params(request, prep), **level.params(keep_level=keep_level)}
+        params = {**planning.record(plan, prep, c.variant, self.source), **plan.level.params()}
         if fallback:
             params["vae_decode"] = fallback
-        return GenerationResult(wave, SAMPLE_RATE, seeds, params, timings, latents)
+        return GenerationResult(wave, SAMPLE_RATE, list(plan.seeds), params, timings, latents)
 
     # -- the planner's other uses --------------------------------------------------------------
     def _require_planner(self) -> Planner:
@@ -329,25 +334,24 @@ class Pipeline:
         return its handle. Its seeds follow `after`'s last seed, else the request's own batch
         (seed N, batch B → N+B, …), else are random. `run_kwargs` go to `run()`."""
         if after is not None:
-            first = after.seeds[-1] + 1
+            first = next_seed(after.seeds[-1])
         elif request.seed is not None:
-            first = int(request.seed) + request.batch
+            first = next_seed(int(request.seed) + request.batch - 1)
         else:
-            first = resolve_seeds(None, 1)[0]
-        return AutoGen(self.run, request.replace(seed=first % 2**63), run_kwargs, self._lock)
+            first = take_seeds(None, 1)[0]
+        return AutoGen(self.run, request.replace(seed=first), run_kwargs, self._lock)
 
-    def _sample(self, prep: Prepared, request, generator, progress, timings) -> torch.Tensor:
+    def _sample(self, prep: Prepared, plan: ExecutionPlan, generator, progress, timings) -> torch.Tensor:
         c, t0 = self.components, time.perf_counter()
-        options = sampler_options(request, c.dit.config, c.variant)
         dev, dtype = c.silence.device, c.dit.dtype
         gens = generator if generator is not None else generators(prep.seeds, dev)
         if isinstance(gens, torch.Generator):
             gens = [gens]
         shape = (len(prep.seeds), prep.plan.dit_frames, c.dit.config.audio_acoustic_hidden_dim)
         noise = draw_noise(shape, gens, device=dev, dtype=dtype)
-        if request.retake_variance > 0:
-            retake = resolve_seeds(request.retake_seed, len(prep.seeds))
-            noise = mix_retake(noise, draw_noise(shape, generators(retake, dev), device=dev, dtype=dtype), request.retake_variance)
+        if plan.retake_seeds is not None:
+            retake = draw_noise(shape, generators(plan.retake_seeds, dev), device=dev, dtype=dtype)
+            noise = mix_retake(noise, retake, plan.retake_variance)
 
         def step(done: int, total: int) -> None:
             if progress is not None:
@@ -355,107 +359,22 @@ class Pipeline:
 
         with c.on_device("dit"):
             latents = generate_latents(
-                c.dit, prep.inputs, noise, options, non_cover_text=prep.non_cover_text,
+                c.dit, prep.inputs, noise, plan.sampler, non_cover_text=prep.non_cover_text,
                 repaint=prep.repaint, sde_noise=NoiseStream(gens), progress=step,
             )
         timings["dit"] = time.perf_counter() - t0
         return latents[:, : prep.plan.frames]
 
-    def _decode(self, prep: Prepared, latents: torch.Tensor, timings, progress) -> tuple[torch.Tensor, str | None]:
+    def _decode(self, prep: Prepared, plan: ExecutionPlan, latents, timings, progress) -> tuple[torch.Tensor, str | None]:
         t0 = time.perf_counter()
         if not torch.isfinite(latents).all():
             raise RuntimeError("the DiT produced NaN/Inf latents")
-        wave, fallback = self._vae_decode(latents)
+        if progress is not None:
+            progress("vae", 0, 1)
+        wave, fallback = memory.vae_decode(self.components, latents, self._free)
         if progress is not None:
             progress("vae", 1, 1)
         if prep.repaint is not None and prep.source_wave is not None and prep.plan.window is not None:
             wave = torch.stack([splice(w, prep.source_wave, prep.plan.window, prep.wave_crossfade) for w in wave])
         timings["vae"] = time.perf_counter() - t0
         return wave, fallback
-
-    def _vae_decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, str | None]:
-        """VAE decode with upstream's fallbacks when the GPU runs out of memory (features.md §7,
-        pain point #747: degrade, do not abort): the whole batch with the default tiles, then
-        one take at a time, then one take at a time with 256-frame tiles (same 64-frame overlap,
-        so the same audio up to float rounding), then on the CPU. Returns the wave and, when a
-        fallback was used, which one."""
-        c = self.components
-        attempts = [(None, {}), ("per take", {}), ("per take, 256-frame tiles", {"chunk_frames": 256})]
-        for label, tiles in attempts:
-            try:
-                with c.on_device("vae"):
-                    if label is None:
-                        return c.vae.decode(latents, output_device="cpu"), None
-                    parts = [c.vae.decode(z[None], output_device="cpu", **tiles) for z in latents]
-                    return torch.cat(parts), label
-            except OOM_ERRORS:
-                log.warning("VAE decode out of GPU memory (%s); freeing memory and trying smaller pieces", label or "batch")
-                self._free()
-        log.warning("VAE decode out of GPU memory; decoding on the CPU (slow)")
-        device = c.vae.device
-        c.vae.model.to("cpu")
-        try:
-            return c.vae.decode(latents, output_device="cpu"), "cpu"
-        finally:
-            c.vae.model.to(device)
-
-    def _params(self, request: GenerationRequest, prep: Prepared) -> dict[str, Any]:
-        c = self.components
-        options = sampler_options(request, c.dit.config, c.variant)
-        req = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("source_audio", "reference_audio")}
-        for key in ("source_audio", "reference_audio"):
-            value = getattr(request, key)
-            req[key] = str(value) if isinstance(value, str | Path) else (None if value is None else "<tensor>")
-        return {
-            **req,
-            "task": prep.spec.name,
-            "model": c.variant,
-            "instruction": prep.plan.instruction,
-            "frames": prep.plan.frames,
-            "seconds": prep.plan.seconds,
-            "sampler": {k: v for k, v in dataclasses.asdict(options).items()},
-            **prep.prompts,
-        }
-
-
-OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)  # torch.OutOfMemoryError: ≥ 2.5
-_RUN_KEYS = ("generator", "progress", "normalize", "loudness", "thinking", "plan_options")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Level:
-    """The output level rule of one run: a loudness target wins over peak normalisation."""
-
-    normalize: bool | None
-    loudness: float | None
-
-    def peak(self, keep_level: bool) -> bool:
-        return self.normalize if self.normalize is not None else not keep_level
-
-    def apply(self, wave: torch.Tensor, *, keep_level: bool) -> torch.Tensor:
-        wave = torch.stack([audio.anti_clip(w) for w in wave])
-        if self.loudness is not None:
-            return audio.loudness_normalize(wave, self.loudness)
-        return torch.stack([audio.peak_normalize(w) for w in wave]) if self.peak(keep_level) else wave
-
-    def params(self, *, keep_level: bool) -> dict:
-        if self.loudness is not None:
-            return {"level": f"{self.loudness:g} LUFS"}
-        return {"level": "-1 dBFS peak" if self.peak(keep_level) else "as decoded"}
-
-
-def _req(kw: dict) -> dict:
-    return {k: v for k, v in kw.items() if k not in _RUN_KEYS}
-
-
-def _run(kw: dict) -> dict:
-    return {k: v for k, v in kw.items() if k in _RUN_KEYS}
-
-
-def _seeds(request: GenerationRequest, generator) -> list[int]:
-    if generator is None:
-        return resolve_seeds(request.seed, request.batch)
-    gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
-    if len(gens) != request.batch:
-        raise InvalidRequest(f"{len(gens)} generators for a batch of {request.batch}")
-    return [g.initial_seed() for g in gens]

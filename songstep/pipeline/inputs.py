@@ -8,7 +8,6 @@ VAE posterior sample of the source and reference (VAE device) and the reference-
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -19,28 +18,18 @@ from songstep.conditioning import (
     TaskPlan,
     chunk_mask,
     metas_duration,
-    normalize_timesignature,
     plan_task,
-    repaint_settings,
     source_latents,
     window_mask,
     with_frames,
 )
-from songstep.config import GenerationRequest
 from songstep.constants import HOP_LENGTH, MAX_DURATION, SAMPLE_RATE
 from songstep.errors import InvalidRequest
 from songstep.pipeline.components import Components
+from songstep.pipeline.plan import ExecutionPlan
 from songstep.sampling.dit import DiTInputs
 from songstep.sampling.flow import Repaint
-from songstep.tasks import TASKS, TaskSpec, with_codes
-
-
-def resolve_seeds(seed: int | None, batch: int) -> list[int]:
-    """A user seed N gives the items N, N+1, …; no seed draws `batch` random 32-bit seeds."""
-    if seed is None:
-        rng = random.SystemRandom()
-        return [rng.randrange(0, 2**32) for _ in range(batch)]
-    return [(int(seed) + i) % 2**63 for i in range(batch)]
+from songstep.tasks import TASKS, TaskSpec
 
 
 def generators(seeds: list[int], device: torch.device | str) -> list[torch.Generator]:
@@ -72,19 +61,23 @@ def load_wave(source) -> torch.Tensor:
     return audio.load_audio(source, max_seconds=MAX_DURATION)
 
 
-def _source(c: Components, request: GenerationRequest, spec: TaskSpec, gens_vae):
+def _source(c: Components, run: ExecutionPlan, gens_vae, progress=None):
     """(padded source wave or None, plan, per-item source latents [B, F, 64] or None)."""
-    if not spec.needs_source or request.source_audio is None:
-        return None, plan_task(request, spec, None), None
-    wave = load_wave(request.source_audio)
-    plan = plan_task(request, spec, wave.shape[1])
+    if not run.spec.needs_source or run.source_audio is None:
+        return None, plan_task(run.task, None), None
+    wave = load_wave(run.source_audio)
+    plan = plan_task(run.task, wave.shape[1])
     wave = torch.nn.functional.pad(wave, (plan.pad_left, plan.pad_right))
     batch = len(gens_vae)
     if audio.is_silent(wave):
         lat = c.silence[: plan.frames].float()[None].expand(batch, -1, -1)
     else:
+        if progress is not None:
+            progress("encode", 0, 1)
         with c.on_device("vae"):
             lat = c.vae.encode(wave[None].expand(batch, -1, -1), gens_vae)
+        if progress is not None:
+            progress("encode", 1, 1)
     return wave, plan, lat.to(c.silence.device)
 
 
@@ -124,15 +117,14 @@ def _hints(c: Components, codes: str) -> torch.Tensor:
         return c.dit.codes_to_hints(idx)
 
 
-def _texts(c: Components, request: GenerationRequest, spec: TaskSpec, plan: TaskPlan, batch: int):
-    lyrics = request.lyrics or (prompts.INSTRUMENTAL_LYRICS if request.instrumental else "")
-    ts = normalize_timesignature(request.timesignature) if request.timesignature else None
-    metas = prompts.build_metas_dict(request.bpm, request.keyscale, ts, metas_duration(plan, request))
-    caption_prompt, lyric_prompt = prompts.build_dit_inputs(plan.instruction, request.caption, lyrics, metas, request.language)
+def _texts(c: Components, run: ExecutionPlan, plan: TaskPlan, batch: int):
+    t = run.texts
+    metas = prompts.build_metas_dict(t.bpm, t.keyscale, t.timesignature, metas_duration(plan, t.duration))
+    caption_prompt, lyric_prompt = prompts.build_dit_inputs(plan.instruction, t.caption, t.lyrics, metas, t.language)
     texts = {"caption_prompt": caption_prompt, "lyrics_prompt": lyric_prompt}
     wanted = [caption_prompt]
-    if request.strength < 1.0:
-        plain = prompts.build_dit_caption_prompt(TASKS["text2music"].instruction(), request.caption, metas)
+    if t.non_cover:
+        plain = prompts.build_dit_caption_prompt(TASKS["text2music"].instruction(), t.caption, metas)
         wanted.append(plain)
     with c.on_device("text"), torch.no_grad():
         hidden, mask = c.text.encode_captions(wanted)
@@ -148,15 +140,15 @@ def _texts(c: Components, request: GenerationRequest, spec: TaskSpec, plan: Task
     return rep(hidden), rep(mask), rep(lyr), rep(lyr_mask), non_cover, texts
 
 
-def prepare(c: Components, request: GenerationRequest, spec: TaskSpec, seeds: list[int]) -> Prepared:
+def prepare(c: Components, run: ExecutionPlan, progress=None) -> Prepared:
+    """DiT inputs for the plan's takes; `progress("encode", done, total)` around the source encode."""
+    seeds, spec = run.seeds, run.spec
     batch = len(seeds)
     gens_vae = generators(seeds, c.vae.device)
-    if request.audio_codes:
-        spec = with_codes(spec)
-    wave, plan, src = _source(c, request, spec, gens_vae)
+    wave, plan, src = _source(c, run, gens_vae, progress)
     hints = None
-    if request.audio_codes:
-        hints = _hints(c, request.audio_codes)
+    if run.audio_codes:
+        hints = _hints(c, run.audio_codes)
         plan = with_frames(plan, hints.shape[1])
         hints = torch.nn.functional.pad(hints, (0, 0, 0, plan.dit_frames - hints.shape[1]))
         hints = hints.expand(batch, -1, -1)
@@ -168,9 +160,9 @@ def prepare(c: Components, request: GenerationRequest, spec: TaskSpec, seeds: li
     src_rows = [source_latents(plan, None if src is None else src[b], silence) for b in range(batch)]
     src_latents = torch.stack(src_rows)
     t_text = time.perf_counter()
-    text_h, text_m, lyr_h, lyr_m, non_cover, texts = _texts(c, request, spec, plan, batch)
+    text_h, text_m, lyr_h, lyr_m, non_cover, texts = _texts(c, run, plan, batch)
     timings = {"text": time.perf_counter() - t_text}
-    refer = _reference(c, request.reference_audio, seeds, gens_vae)
+    refer = _reference(c, run.reference_audio, seeds, gens_vae)
     inputs = DiTInputs(
         text_hidden_states=text_h,
         text_attention_mask=text_m,
@@ -186,9 +178,8 @@ def prepare(c: Components, request: GenerationRequest, spec: TaskSpec, seeds: li
     )
     repaint, crossfade = None, 0.0
     if spec.injects_source and src is not None:
-        settings = repaint_settings(request.repaint_strength)
         whole = dataclasses.replace(plan, window=None)  # the source with its window kept
         clean = torch.stack([source_latents(whole, src[b], silence) for b in range(batch)])
         repaint = Repaint(window_mask(plan)[None].expand(batch, -1).to(src_latents.device), clean)
-        crossfade = settings.wave_crossfade_seconds
+        crossfade = run.wave_crossfade
     return Prepared(spec, plan, seeds, inputs, non_cover, repaint, wave, crossfade, texts, timings)

@@ -22,17 +22,47 @@ from typing import Any
 
 import torch
 
-from songstep.config import GenerationRequest
 from songstep.pipeline.tiers import Tier
 from songstep.planner import Plan, Planner, PlanOptions
 from songstep.planner.phases import missing_fields
+from songstep.request import GenerationRequest
 from songstep.tasks import TaskSpec
 
 # per-take params that differ between the takes of a planned batch
 ITEM_KEYS = (
     "seed", "caption", "bpm", "keyscale", "timesignature", "duration", "language", "audio_codes",
-    "task", "instruction", "frames", "seconds", "caption_prompt", "lyrics_prompt",
+    "task", "runs_as", "instruction", "frames", "seconds", "caption_prompt", "lyrics_prompt",
 )
+
+
+def plan_options(request: GenerationRequest) -> PlanOptions:
+    """The planner's options from the request's `lm_*` fields (per call, never stored on the planner)."""
+    return PlanOptions(
+        temperature=request.lm_temperature, top_p=request.lm_top_p, top_k=request.lm_top_k,
+        cfg_scale=request.lm_cfg_scale, use_cot_caption=request.use_cot_caption, max_new_tokens=request.max_new_tokens,
+    )
+
+
+def record(plan, prep, variant: str, source: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a take set, as sidecars and tags store them: the request's JSON form (what
+    `songstep generate --from` replays), the flat effective values, where the weights came from,
+    the task actually run, the sampler settings and which of them were defaults."""
+    req = plan.request.to_json()
+    return {
+        **req,
+        "request": req,
+        "task": plan.request.task,
+        "runs_as": prep.spec.name,
+        "model": variant,
+        "weights": dict(source),
+        "instruction": prep.plan.instruction,
+        "frames": prep.plan.frames,
+        "seconds": prep.plan.seconds,
+        "sampler": dataclasses.asdict(plan.sampler),
+        "defaults": dict(plan.defaults),
+        "warnings": list(plan.warnings),
+        **prep.prompts,
+    }
 
 
 def planner_steps(request: GenerationRequest, spec: TaskSpec, thinking: bool) -> tuple[bool, bool]:
@@ -82,7 +112,7 @@ def combine(
             timings[key] = timings.get(key, 0.0) + value
     timings["total"] += lm_seconds
     params = {k: v for k, v in results[0].params.items()}
-    params.update(batch=len(results), seed=request.seed)
+    params.update(batch=len(results), seed=request.seed, request=request.to_json())
     params["items"] = [{k: r.params.get(k) for k in ITEM_KEYS} for r in results]
     params["planner"] = {
         "lm": planner.name,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,8 +22,6 @@ from typing import Any
 
 import torch
 
-from songstep.conditioning import normalize_timesignature, validate_metadata
-from songstep.config import GenerationRequest
 from songstep.constants import AUDIO_CODE_TOKEN, CODE_RATE, LANGUAGES, MAX_DURATION
 from songstep.errors import InvalidRequest
 from songstep.models.lm import PlannerLM, load_lm
@@ -39,6 +36,7 @@ from songstep.prompts import (
     parse_lm_output,
     render_chat_prompt,
 )
+from songstep.request import GenerationRequest, normalize_timesignature, take_seeds
 from songstep.sampling.grammar import CAPTION_MAX_TOKENS, GrammarVocab, MetadataConstraint, MetadataSpec
 from songstep.sampling.lm import DecodeRow, SamplingParams, decode
 
@@ -81,8 +79,7 @@ class FreeTextConstraint:
 
 
 def _seeds(seed: int | None, count: int) -> list[int]:
-    start = random.SystemRandom().randrange(0, 2**32) if seed is None else int(seed)
-    return [(start + i) % 2**63 for i in range(count)]
+    return take_seeds(seed, count)
 
 
 def _code_string(codes: str | Sequence[int]) -> str:
@@ -146,6 +143,10 @@ class Planner:
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.lm.backend.device).manual_seed(int(seed))
 
+    def release(self) -> int:
+        """Free the LM's cached decoding memory (KV cache); returns the bytes freed."""
+        return self.lm.backend.release()
+
     def max_duration_for(self, opts: PlanOptions) -> float:
         return min(self.max_duration, opts.max_duration) if opts.max_duration else self.max_duration
 
@@ -154,19 +155,19 @@ class Planner:
         cap = override or self.max_new_tokens or self.max_model_len - 64
         return max(1, int(cap))
 
-    def cot_token_cap(self, constrained: bool) -> int:
+    def cot_token_cap(self, constrained: bool, override: int | None = None) -> int:
         """Phase-1 cap: the grammar ends the block after at most `caption_max_tokens` caption
         tokens plus ~60 for the other fields, so the KV cache need not hold 4 k tokens."""
-        cap = self.text_token_cap()
+        cap = self.text_token_cap(override)
         if constrained and self.grammar_vocab() is not None:
             cap = min(cap, self.caption_max_tokens + COT_FIELDS_TOKENS)
         return cap
 
     def code_token_cap(self, target: int | None, opts: PlanOptions) -> int:
-        """Code-phase cap: target + EOS, or (free count) the longest allowed song + 10."""
+        """Code-phase cap: target + EOS, or (free count) the longest allowed song + EOS."""
         if target is not None:
             return target + 1
-        free = int(self.max_duration_for(opts) * CODE_RATE) + 10
+        free = int(self.max_duration_for(opts) * CODE_RATE) + 1  # never a song past the limit
         return min(free, self.max_model_len - 64)
 
     def grammar_vocab(self) -> GrammarVocab | None:
@@ -228,7 +229,6 @@ class Planner:
         return self._plan(request, seeds, thinking, opts, None, progress)
 
     def _plan(self, request, seeds, thinking, opts, gens, progress=None) -> list[Plan]:
-        validate_metadata(request)
         start = time.perf_counter()
         user = phases.user_metadata(request)
         outputs: list[tuple[str, Any]] = [("", None)] * len(seeds)

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from songstep.conditioning import normalize_timesignature
-from songstep.config import GenerationRequest
 from songstep.constants import AUDIO_CODE_TOKEN, CODE_RATE
 from songstep.models.lm import AudioCodeVocab, head_columns
 from songstep.planner.types import (
@@ -38,6 +36,7 @@ from songstep.prompts import (
     parse_lm_output,
     user_cot_metadata,
 )
+from songstep.request import GenerationRequest, normalize_timesignature
 from songstep.sampling.flow import ProgressFn
 from songstep.sampling.grammar import CodeConstraint, MetadataSpec, target_codes
 from songstep.sampling.lm import DecodeRow, SamplingParams, decode
@@ -51,8 +50,9 @@ PLANNED_FIELDS = ("bpm", "keyscale", "timesignature", "duration")
 
 
 def lm_lyrics(request: GenerationRequest) -> str:
-    """The lyrics the LM reads: the request's, or `[Instrumental]` for an instrumental request."""
-    return request.lyrics or (INSTRUMENTAL_LYRICS if request.instrumental else "")
+    """The lyrics the LM reads: `[Instrumental]` for an instrumental request, else the request's
+    (the same rule as the DiT's lyric prompt)."""
+    return INSTRUMENTAL_LYRICS if request.instrumental else request.lyrics
 
 
 def codes_duration(request: GenerationRequest) -> float | None:
@@ -120,7 +120,7 @@ def run_phase1(
     lm = planner.lm
     results = decode(
         lm.backend, rows, sampling(opts, cfg=False), eos_id=lm.eos_id, pad_id=lm.pad_id,
-        max_new_tokens=planner.cot_token_cap(opts.constrained), progress=progress,
+        max_new_tokens=planner.cot_token_cap(opts.constrained, opts.max_new_tokens), progress=progress,
     )
     texts = [planner.decode_text(r.tokens) for r in results]
     return [(text, parse_lm_output(text)) for text in texts]

@@ -6,8 +6,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from songstep.conditioning import normalize_timesignature
-from songstep.config import GenerationRequest
 from songstep.constants import (
     DEFAULT_NEGATIVE_PROMPT,
     KEYSCALES,
@@ -20,6 +18,7 @@ from songstep.constants import (
 )
 from songstep.errors import InvalidRequest
 from songstep.prompts import LMOutput, audio_code_ids
+from songstep.request import GenerationRequest, normalize_timesignature
 
 UNKNOWN_LANGUAGE = "unknown"
 
@@ -60,6 +59,7 @@ class PlanOptions:
     propagate_language: bool = True
     enforce_cot_duration: bool = True
     max_duration: float | None = None
+    max_new_tokens: int | None = None  # cap on the free-text phases (None: the planner's own)
 
     def replace(self, **changes: Any) -> PlanOptions:
         names = {f.name for f in dataclasses.fields(self)}
@@ -183,7 +183,10 @@ def valid_keyscale(value: Any) -> str | None:
 
 
 def valid_timesignature(value: Any) -> str | None:
-    text = normalize_timesignature(value) if value is not None else ""
+    try:
+        text = normalize_timesignature(value) if value is not None else ""
+    except ValueError:
+        return None
     return text if text in TIME_SIGNATURES else None
 
 

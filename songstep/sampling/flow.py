@@ -17,7 +17,8 @@ import torch
 
 from songstep.sampling.dcw import DCWOptions, apply_dcw
 from songstep.sampling.guidance import get_guidance
-from songstep.sampling.schedules import Schedule, round_scalar
+from songstep.sampling.schedules import Schedule
+from songstep.sampling.solvers import Step, get_solver, x0_jump
 
 VelocityFn = Callable[[torch.Tensor, float, int, bool], tuple[torch.Tensor, torch.Tensor | None]]
 NoiseFn = Callable[[torch.Tensor], torch.Tensor]
@@ -31,8 +32,8 @@ class SamplerOptions:
     steps: int | None = 8
     shift: float = 3.0
     timesteps: tuple[float, ...] | None = None
-    method: str = "ode"  # "ode" | "sde"
-    solver: str = "euler"  # "euler" | "heun"
+    method: str = "ode"  # "ode" | "sde" (kept for upstream's infer_method: "sde" selects the sde solver)
+    solver: str = "euler"  # a name in songstep.sampling.solvers.SOLVERS
     guidance_scale: float = 1.0
     guidance: str = "apg"
     cfg_interval: tuple[float, float] = (0.0, 1.0)
@@ -47,8 +48,7 @@ class SamplerOptions:
     def __post_init__(self) -> None:
         if self.method not in ("ode", "sde"):
             raise ValueError(f"unknown method {self.method!r}; use 'ode' or 'sde'")
-        if self.solver not in ("euler", "heun"):
-            raise ValueError(f"unknown solver {self.solver!r}; use 'euler' or 'heun'")
+        get_solver(self.solver)
         get_guidance(self.guidance)
 
 
@@ -123,14 +123,6 @@ class _State:
         return (1.0 - f) * v + f * prev
 
 
-def _heun_step(state: _State, velocity: VelocityFn, x, v, t, t_next, dt, branch):
-    x_pred = x - v * dt
-    v2 = state.clamp(state.guided(velocity, x_pred, t_next, branch, corrector=True), x_pred)
-    v2 = state.ema(v2, v)
-    v_avg = 0.5 * (v + v2)
-    return x - v_avg * dt, v_avg
-
-
 def _start(noise, schedule: Schedule, options: SamplerOptions, source):
     """Cover-noise start: begin from the source noised to the schedule time nearest 1 − strength."""
     if options.cover_noise_strength <= 0.0:
@@ -160,29 +152,15 @@ def sample(
     n, times = schedule.num_steps, schedule.times
     cover_steps = int(schedule.cover_basis * options.cover_strength)
     cutoff = round(options.repaint_injection_ratio * n)
-    heun = options.solver == "heun" and options.method == "ode"
+    solver = get_solver("sde" if options.method == "sde" else options.solver)
     draw = sde_noise or torch.randn_like
     for i in range(n):
         t, t_next, last = times[i], times[i + 1], i == n - 1
         branch = 0 if i < cover_steps else 1
         v = state.ema(state.clamp(state.guided(velocity, x, t, branch), x), state.prev_v)
         x_before, v_pre = x, v
-        if schedule.turbo and last:
-            x = x - v * t
-            t_after = None
-        elif options.method == "sde":
-            t_after = t_next if schedule.turbo else 1.0 - (i + 1) / n
-            x0 = x - v * t
-            x = t_after * draw(x0) + (1 - t_after) * x0
-        else:
-            dt = round_scalar(t - t_next, noise.dtype)
-            if heun:
-                x, v = _heun_step(state, velocity, x, v, t, t_next, dt, branch)
-            else:
-                x = x - v * dt
-            # upstream's CFG loop injects with the 0-d model-dtype tensor t_next (so 1 − t rounds
-            # in that dtype); turbo uses the Python float
-            t_after = t_next if schedule.turbo else torch.tensor(t_next, dtype=noise.dtype, device=noise.device)
+        step = solver if not (schedule.turbo and last) else x0_jump
+        x, v, t_after = step(Step(state, velocity, x, v, t, t_next, i, n, schedule.turbo, branch, draw))
         x = apply_dcw(x, x_before - v_pre * t, t, options.dcw)
         state.prev_v = v
         if repaint is not None and t_after is not None and i < cutoff:

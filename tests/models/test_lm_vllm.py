@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("vllm")
 
-from songstep.config import GenerationRequest  # noqa: E402
+from songstep.request import GenerationRequest  # noqa: E402
 from songstep.errors import Cancelled, SongstepError  # noqa: E402
 from songstep.models.lm_vllm import COND, KEY_ARG, ROLE_ARG, UNCOND, _hook_processor_class  # noqa: E402
 from songstep.planner import Planner  # noqa: E402

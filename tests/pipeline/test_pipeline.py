@@ -186,7 +186,7 @@ def test_vae_decode_degrades_instead_of_failing(turbo, monkeypatch, failures, la
 
 
 def test_checkpoint_distilled_at_one_shift_defaults_to_it(turbo) -> None:
-    from songstep.config import GenerationRequest
+    from songstep.request import GenerationRequest
     from songstep.pipeline.core import sampler_options
 
     cfg = turbo.components.dit.config

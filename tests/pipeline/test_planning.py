@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from songstep.config import GenerationRequest
+from songstep.request import GenerationRequest
 from songstep.constants import HOP_LENGTH, SAMPLE_RATE
 from songstep.errors import InvalidRequest, ModelNotFound
 from songstep.pipeline import GenerationResult, Pipeline

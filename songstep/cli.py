@@ -182,7 +182,7 @@ def build_request(args: argparse.Namespace, task: str | None = None):
         data = dict(doc.get("request") or doc.get("params", {}).get("request") or doc)
         for key in ("weights", "params", "timings", "samples", "sample_rate", "batch_index"):
             data.pop(key, None)
-        task = data.get("task", task) if args.task == "text2music" else task
+        task = data.get("task", task) if args.command == "generate" else task
         _remember_model(args, doc)
     data.update(request_fields(args, task))
     if getattr(args, "lyrics_file", None) is not None:

@@ -115,7 +115,7 @@ class GenerationRequest(BaseModel):
     cover_noise_strength: float = _f(0.0, "0–1: start from the noised source instead of pure noise", "source",
                                      tasks=("cover",), flag="--noise-strength", ge=0.0, le=1.0)
     audio_codes: str | None = _f(None, "5 Hz audio codes (<|audio_code_N|>…) to condition on", "song",
-                                 tasks=("text2music",))
+                                 tasks=("text2music", "cover"))
     # -- sampler ----------------------------------------------------------------------------------
     steps: int | None = _f(None, "diffusion steps (default: the family's: turbo 8, base/sft 32)", "sampling",
                            ge=1, le=MAX_CFG_STEPS, validation_alias=_alias("steps", "num_inference_steps"))
@@ -251,7 +251,7 @@ class GenerationRequest(BaseModel):
             self.model_fields_set.discard("method")
         spec = get_task(self.task)
         if spec.window and self.repaint_end is not None and self.repaint_end >= 0 and self.repaint_start >= self.repaint_end:
-            problems.append(f"repaint window: start {self.repaint_start:g} s is not before end {self.repaint_end:g} s")
+            problems.append(f"empty repaint window: start {self.repaint_start:g} s is not before end {self.repaint_end:g} s")
         if spec.track_mode == "one" and len(self.tracks) > 1:
             problems.append(f"tracks: task {self.task!r} takes exactly one track, got {len(self.tracks)}")
         if spec.track_mode != "none" and not self.tracks:
@@ -274,11 +274,14 @@ class GenerationRequest(BaseModel):
         """The fields as given (sources stay paths/tensors), for `replace` and `GenerationRequest(**…)`."""
         return {name: getattr(self, name) for name in type(self).model_fields}
 
-    def to_json(self) -> dict[str, Any]:
-        """The JSON form stored in sidecars and tags: sources as paths (a tensor or file object
-        cannot be stored and is written as null with `"<tensor>"`/`"<file>"` markers)."""
+    def to_json(self, full: bool = False) -> dict[str, Any]:
+        """The JSON form stored in sidecars and tags: the fields the user set (every field with
+        `full=True`), sources as paths (a tensor or file object cannot be stored and is written as
+        a `"<tensor>"`/`"<file>"` marker)."""
         out: dict[str, Any] = {}
-        for name, value in self.fields().items():
+        names = type(self).model_fields if full else ["task", *sorted(self.model_fields_set - {"task"})]
+        for name in names:
+            value = getattr(self, name)
             if name in ("source_audio", "reference_audio"):
                 value = _audio_json(value)
             elif isinstance(value, tuple):
@@ -298,7 +301,7 @@ class GenerationRequest(BaseModel):
 
     def defaulted(self) -> set[str]:
         """Fields the user did not set (their values come from defaults)."""
-        return set(type(self).model_fields) - set(self.model_fields_set)
+        return set(type(self).model_fields) - set(self.model_fields_set) - {"task"}
 
 
 def format_errors(error: ValidationError) -> str:

@@ -1,4 +1,5 @@
-"""Request validation and task planning: every bad input raises an actionable InvalidRequest."""
+"""Request validation (the request type, then resolution against the checkpoint) and task planning:
+every bad input raises an actionable InvalidRequest."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import pytest
 import torch
 
 from songstep.conditioning import (
+    TaskInputs,
     chunk_mask,
     duration_samples,
     plan_task,
     source_latents,
-    validate_request,
     validate_source,
     window_mask,
 )
-from songstep.config import GenerationRequest, tiny_config
+from songstep.config import tiny_config
+from songstep.pipeline.plan import resolve
+from songstep.request import GenerationRequest
 from songstep.constants import HOP_LENGTH, SAMPLE_RATE
 from songstep.errors import InvalidRequest
 from songstep.tasks import TASKS, get_task
@@ -27,31 +30,55 @@ BASE = tiny_config(is_turbo=False)
 SRC = "song.wav"  # validation only checks presence
 
 
+def validate_request(fields, config):
+    request = fields if isinstance(fields, GenerationRequest) else GenerationRequest(**fields)
+    return resolve(request, config).spec
+
+
+def R(**fields):  # noqa: N802 - a request's fields, built inside the test
+    return fields
+
+
+def task_inputs(request: GenerationRequest) -> TaskInputs:
+    return resolve(request, BASE).task
+
+
 @pytest.mark.parametrize(
     "request_,config,message",
     [
-        (GenerationRequest(task="repaint", source_audio=SRC, repaint_start=20, repaint_end=10), TURBO, "empty repaint window"),
-        (GenerationRequest(task="repaint", source_audio=SRC, repaint_start=5, repaint_end=5), TURBO, "empty repaint window"),
-        (GenerationRequest(task="cover", source_audio=SRC, strength=1.5), TURBO, "strength must be between 0 and 1"),
-        (GenerationRequest(task="cover", source_audio=SRC, strength=-0.1), TURBO, "strength must be between 0 and 1"),
-        (GenerationRequest(task="cover", source_audio=SRC, cover_noise_strength=2), TURBO, "cover noise strength"),
-        (GenerationRequest(task="lego", source_audio=SRC, tracks=("guitar",)), TURBO, "needs a base or sft model"),
-        (GenerationRequest(task="extract", source_audio=SRC, tracks=("vocals",)), TURBO, "needs a base or sft model"),
-        (GenerationRequest(task="complete", source_audio=SRC, tracks=("drums",)), TURBO, "needs a base or sft model"),
-        (GenerationRequest(task="extract", source_audio=SRC, tracks=("kazoo",)), BASE, "unknown track name 'kazoo'"),
-        (GenerationRequest(duration=30, steps=0), TURBO, "steps must be at least 1"),
-        (GenerationRequest(duration=30, steps=-3), BASE, "steps must be at least 1"),
-        (GenerationRequest(duration=30, steps=21), TURBO, "above the turbo limit of 20"),
-        (GenerationRequest(duration=30, steps=201), BASE, "above the base/sft limit of 200"),
-        (GenerationRequest(duration=30, guidance=-1), BASE, "guidance must be ≥ 0"),
-        (GenerationRequest(duration=9.9), TURBO, "duration must be between 10 and 600"),
-        (GenerationRequest(duration=601), TURBO, "duration must be between 10 and 600"),
-        (GenerationRequest(duration=30, batch=9), TURBO, "batch must be between 1 and 8"),
-        (GenerationRequest(duration=30, bpm=400), TURBO, "bpm must be between 30 and 300"),
-        (GenerationRequest(duration=30, keyscale="H major"), TURBO, "unknown key"),
-        (GenerationRequest(duration=30, timesignature="5"), TURBO, "time signature"),
-        (GenerationRequest(duration=30, language="xx"), TURBO, "unknown language"),
-        (GenerationRequest(task="dance"), TURBO, "unknown task 'dance'"),
+        (R(task="repaint", source_audio=SRC, repaint_start=20, repaint_end=10), TURBO, "empty repaint window"),
+        (R(task="repaint", source_audio=SRC, repaint_start=5, repaint_end=5), TURBO, "empty repaint window"),
+        (R(task="cover", source_audio=SRC, strength=1.5), TURBO, "strength must be between 0 and 1"),
+        (R(task="cover", source_audio=SRC, strength=-0.1), TURBO, "strength must be between 0 and 1"),
+        (R(task="cover", source_audio=SRC, cover_noise_strength=2), TURBO, "cover_noise_strength must be between 0 and 1"),
+        (R(task="lego", source_audio=SRC, tracks=("guitar",)), TURBO, "needs a base or sft model"),
+        (R(task="extract", source_audio=SRC, tracks=("vocals",)), TURBO, "needs a base or sft model"),
+        (R(task="complete", source_audio=SRC, tracks=("drums",)), TURBO, "needs a base or sft model"),
+        (R(task="extract", source_audio=SRC, tracks=("kazoo",)), BASE, "unknown track name 'kazoo'"),
+        (R(duration=30, steps=0), TURBO, "steps must be between 1 and 200, got 0"),
+        (R(duration=30, steps=-3), BASE, "steps must be between 1 and 200, got -3"),
+        (R(duration=30, steps=21), TURBO, "above the turbo limit of 20"),
+        (R(duration=30, steps=201), BASE, "steps must be between 1 and 200, got 201"),
+        (R(duration=30, guidance=-1), BASE, "guidance must be between 0 and 100"),
+        (R(duration=9.9), TURBO, "duration must be between 10 and 600"),
+        (R(duration=601), TURBO, "duration must be between 10 and 600"),
+        (R(duration=30, batch=9), TURBO, "batch must be between 1 and 8"),
+        (R(duration=30, bpm=400), TURBO, "bpm must be between 30 and 300"),
+        (R(duration=30, keyscale="H major"), TURBO, "unknown key"),
+        (R(duration=30, timesignature="5"), TURBO, "time signature"),
+        (R(duration=30, language="xx"), TURBO, "unknown language"),
+        (R(task="dance"), TURBO, "unknown task 'dance'"),
+        (R(task="extract", source_audio=SRC, tracks=","), BASE, "empty track name"),
+        (R(task="extract", source_audio=SRC), BASE, "needs a track name"),
+        (R(duration=30, steps=2.5), TURBO, "steps: Input should be a valid integer"),
+        (R(duration=30, lyrics=["a", "b"]), TURBO, "lyrics: Input should be a valid string"),
+        (R(task="cover", source_audio=3), TURBO, "audio must be a path, a file object or a tensor, got int"),
+        (R(duration=30, seed=2**70), TURBO, "seed must be between -1 and"),
+        (R(duration=30, lm_temperature=float("nan")), TURBO, "lm_temperature"),
+        (R(duration=30, max_new_tokens=-1), TURBO, "max_new_tokens must be between 1 and"),
+        (R(duration=30, timesteps=(0.5, 0.9)), TURBO, "strictly decreasing"),
+        (R(duration=30, audio_codes="<|audio_code_64000|>"), TURBO, "out of range"),
+        (R(duration=30, colour="red"), TURBO, "unknown field 'colour'"),
     ],
 )
 def test_bad_requests(request_, config, message) -> None:
@@ -62,7 +89,7 @@ def test_bad_requests(request_, config, message) -> None:
 @pytest.mark.parametrize("task", ["cover", "repaint", "lego", "extract", "complete"])
 def test_source_tasks_need_source(task: str) -> None:
     with pytest.raises(InvalidRequest, match=f"task '{task}' needs source audio"):
-        validate_request(GenerationRequest(task=task, tracks=("drums",)), BASE)
+        validate_request(R(task=task, tracks=("drums",)), BASE)
 
 
 def test_good_requests_pass() -> None:
@@ -74,15 +101,18 @@ def test_good_requests_pass() -> None:
 def test_result_longer_than_600_seconds() -> None:
     spec = get_task("repaint")
     src = 590 * SAMPLE_RATE
-    validate_source(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=-10, repaint_end=100), spec, src)
+    assert spec.window
+    validate_source(task_inputs(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=-10, repaint_end=100)), src)
     with pytest.raises(InvalidRequest, match=r"the result would be 620\.0 s long; the limit is 600 s"):
-        validate_source(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=-10, repaint_end=610), spec, src)
+        validate_source(task_inputs(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=-10, repaint_end=610)), src)
     with pytest.raises(InvalidRequest, match="empty repaint window"):
-        validate_source(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=700), spec, src)
+        validate_source(task_inputs(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=700)), src)
+    with pytest.raises(InvalidRequest, match=r"after the source's end \(590\.00 s\)"):  # would leave a hole
+        validate_source(task_inputs(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=595, repaint_end=599)), src)
 
 
 def test_duration_is_frame_quantised() -> None:
-    plan = plan_task(GenerationRequest(duration=12.34), get_task("text2music"), None)
+    plan = plan_task(task_inputs(GenerationRequest(duration=12.34)), None)
     assert duration_samples(12.34) == int(12.3 * 48000)
     assert plan.frames == 307 and plan.dit_frames == 307
     assert plan.seconds == pytest.approx(307 * HOP_LENGTH / SAMPLE_RATE)
@@ -92,10 +122,10 @@ def test_duration_is_frame_quantised() -> None:
 def test_repaint_window_and_extension() -> None:
     spec = get_task("repaint")
     src = 20 * SAMPLE_RATE
-    plan = plan_task(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=4, repaint_end=8), spec, src)
+    plan = plan_task(task_inputs(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=4, repaint_end=8)), src)
     assert (plan.pad_left, plan.pad_right) == (0, 0)
     assert plan.window == (100, 200) and plan.frames == 500
-    ext = plan_task(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=-2, repaint_end=23), spec, src)
+    ext = plan_task(task_inputs(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=-2, repaint_end=23)), src)
     assert ext.pad_left == 2 * SAMPLE_RATE and ext.pad_right == 3 * SAMPLE_RATE
     assert ext.frames == 25 * 25 and ext.window == (0, 625)
 
@@ -103,16 +133,16 @@ def test_repaint_window_and_extension() -> None:
 def test_tensors_follow_the_task_rows() -> None:
     silence = torch.full((400, 64), -1.0)
     source = torch.ones(300, 64)
-    repaint = plan_task(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=4, repaint_end=6), TASKS["repaint"], 12 * SAMPLE_RATE)
+    repaint = plan_task(task_inputs(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=4, repaint_end=6)), 12 * SAMPLE_RATE)
     src = source_latents(repaint, source, silence)
     assert src.shape == (300, 64)
     assert (src[100:150] == -1).all() and (src[:100] == 1).all() and (src[150:] == 1).all()
     mask = window_mask(repaint)
     assert mask[100:150].all() and not mask[:100].any() and not mask[150:].any()
     assert chunk_mask(repaint).shape == (300, 64)
-    t2m = plan_task(GenerationRequest(duration=10), TASKS["text2music"], None)
+    t2m = plan_task(task_inputs(GenerationRequest(duration=10)), None)
     assert (source_latents(t2m, None, silence) == -1).all() and window_mask(t2m).all()
-    lego = plan_task(GenerationRequest(task="lego", source_audio=SRC, tracks=("bass",)), TASKS["lego"], 12 * SAMPLE_RATE)
+    lego = plan_task(task_inputs(GenerationRequest(task="lego", source_audio=SRC, tracks=("bass",))), 12 * SAMPLE_RATE)
     assert (source_latents(lego, source, silence) == 1).all() and window_mask(lego).all()
 
 

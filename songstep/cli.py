@@ -180,11 +180,15 @@ def build_request(args: argparse.Namespace, task: str | None = None):
     if getattr(args, "from_file", None) is not None:
         doc = load_request_file(args.from_file)
         data = dict(doc.get("request") or doc.get("params", {}).get("request") or doc)
+        args.take_index = doc.get("params", {}).get("batch_index")
         for key in ("weights", "params", "timings", "samples", "sample_rate", "batch_index"):
             data.pop(key, None)
         task = data.get("task", task) if args.command == "generate" else task
         _remember_model(args, doc)
-    data.update(request_fields(args, task))
+    given = request_fields(args, task)
+    if "seed" in given or "batch" in given:  # another batch: every take is written
+        args.take_index = None
+    data.update(given)
     if getattr(args, "lyrics_file", None) is not None:
         data["lyrics"] = _read_lyrics(args.lyrics_file)
     data["task"] = task
@@ -307,7 +311,10 @@ def run_task(args: argparse.Namespace) -> int:
     finally:
         close()
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    only = getattr(args, "take_index", None)
     for take in result.takes():
+        if only is not None and take.params["batch_index"] != only:
+            continue  # replaying one take of a sidecar: the batch is remade, the take kept
         params = {**take.params, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
         stem = _stem(params, take.seed) if not args.name else (args.name if len(result.seeds) == 1 else f"{args.name}-{take.params['batch_index']}")
         path = _free_path(args.output_dir, stem, args.format, args.overwrite)

@@ -71,12 +71,12 @@ class GenerationResult:
 
     def take(self, i: int) -> Take:
         """Take i with its own parameters: the batch's, with a planned take's own fields (seed,
-        metas, codes) and its seed."""
+        metas, codes), its seed and `batch_index`. `params["request"]` stays the whole batch's
+        request (with the seed actually used), so replaying it and keeping take i gives the same
+        samples (a take made alone is equal only up to float rounding of batched kernels)."""
         items = self.params.get("items") or []
         base = {k: v for k, v in self.params.items() if k != "items"}
         params = {**base, **(items[i] if i < len(items) else {}), "seed": self.seeds[i], "batch_index": i}
-        if isinstance(params.get("request"), dict):
-            params["request"] = {**params["request"], "seed": self.seeds[i], "batch": 1}
         return Take(self.audio[i], self.sample_rate, self.seeds[i], params)
 
     def takes(self) -> list[Take]:

@@ -47,7 +47,7 @@ def record(plan, prep, variant: str, source: dict[str, Any]) -> dict[str, Any]:
     """The parameters of a take set, as sidecars and tags store them: the request's JSON form (what
     `songstep generate --from` replays), the flat effective values, where the weights came from,
     the task actually run, the sampler settings and which of them were defaults."""
-    req = plan.request.to_json()
+    req = {**plan.request.to_json(), "seed": plan.seeds[0]}  # the seed actually used, also when random
     return {
         **req,
         "request": req,
@@ -112,7 +112,7 @@ def combine(
             timings[key] = timings.get(key, 0.0) + value
     timings["total"] += lm_seconds
     params = {k: v for k, v in results[0].params.items()}
-    params.update(batch=len(results), seed=request.seed, request=request.to_json())
+    params.update(batch=len(results), seed=request.seed, request={**request.to_json(), "seed": plans[0].seed})
     params["items"] = [{k: r.params.get(k) for k in ITEM_KEYS} for r in results]
     params["planner"] = {
         "lm": planner.name,

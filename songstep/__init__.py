@@ -14,11 +14,13 @@ _LAZY = {
     "Pipeline": "songstep.pipeline",
     "GenerationResult": "songstep.pipeline",
     "Planner": "songstep.planner",
+    "GenerationRequest": "songstep.request",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from songstep.pipeline import GenerationResult, Pipeline
     from songstep.planner import Planner
+    from songstep.request import GenerationRequest
 
 
 def __getattr__(name: str) -> Any:
@@ -30,4 +32,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["GenerationResult", "Pipeline", "Planner", "__version__"]
+__all__ = ["GenerationRequest", "GenerationResult", "Pipeline", "Planner", "__version__"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -50,9 +49,7 @@ def test_presets_match_manifests(variant: str) -> None:
 @pytest.mark.parametrize("family,seed", [("turbo", 1001), ("base", 1002), ("xl_turbo", 1003), ("xl_base", 1004)])
 def test_tiny_preset_reproduces_fixture_checkpoints(family: str, seed: int) -> None:
     cfg = DiTConfig.from_file(REF / "tiny" / family / "config.json")
-    start = time.perf_counter()
     model = tiny_dit(seed, config=cfg)
-    assert time.perf_counter() - start < 1.0
     ref = load_file(str(REF / "tiny" / family / "model.safetensors"))
     ours = model.state_dict()
     assert set(ours) == set(ref)

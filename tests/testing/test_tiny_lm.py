@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -28,11 +27,8 @@ def test_folder_layout(tiny_dir):
         assert (tiny_dir / name).is_file(), name
 
 
-def test_write_is_fast_and_deterministic(tiny_dir, tmp_path):
-    write_tiny_lm(tmp_path / "warm")  # imports are warm after this
-    start = time.perf_counter()
-    again = write_tiny_lm(tmp_path / "again")
-    assert time.perf_counter() - start < 1.5  # ~0.3 s on an idle core; CI machines are shared
+def test_write_is_deterministic(tiny_dir, tmp_path):
+    again = write_tiny_lm(tmp_path / "again")  # its speed is the benchmark's business, not a test's
     for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.json"):
         assert (again / name).read_bytes() == (tiny_dir / name).read_bytes(), name
     other = write_tiny_lm(tmp_path / "seed1", seed=1)

@@ -27,6 +27,7 @@ from songstep.conditioning import repaint_settings, validate_request
 from songstep.config import GenerationRequest, variant_defaults
 from songstep.constants import AUDIO_CODE_TOKEN, HOP_LENGTH, SAMPLE_RATE
 from songstep.errors import InvalidRequest, OutOfMemory
+from songstep.lora import LoraMixin
 from songstep.pipeline import planning
 from songstep.pipeline.autogen import AutoGen
 from songstep.pipeline.components import Components, load_components, resolve_lm
@@ -97,7 +98,7 @@ def splice(generated: torch.Tensor, source: torch.Tensor, window: tuple[int, int
     return m.to(generated) * generated + (1 - m.to(generated)) * src
 
 
-class Pipeline:
+class Pipeline(LoraMixin):
     """DiT + VAE + text encoder (+ planner), on one device, ready to run requests. Runs are
     serialised by a lock (AutoGen generates in a background thread)."""
 

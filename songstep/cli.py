@@ -159,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         if not get_task(task).needs_source:  # the planner LM only plans songs without source audio
             _lm_flags(p, lm_default=None)
         p.set_defaults(task=task)
+        p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                       help="adapter (peft folder or .safetensors) at a scale (default 1); repeatable")
     _planner_parsers(sub)
+    from songstep.training.cli import add_parsers as _training_parsers
+
+    _training_parsers(sub)
     d = sub.add_parser("download", help="download official checkpoints")
     d.add_argument("components", nargs="*", default=None, help="default: turbo vae text-encoder lm-1.7B")
     d.add_argument("--root", default="checkpoints")
@@ -270,6 +275,10 @@ def run_task(args: argparse.Namespace) -> int:
     pipe = Pipeline.from_pretrained(args.model, variant=variant, device=args.device, offload=args.offload, root=args.root,
                                     offline=args.offline, lm=_lm_choice(args),
                                     lm_backend=getattr(args, "lm_backend", "transformers"))
+    if args.lora:
+        from songstep.lora import apply_loras
+
+        apply_loras(pipe, args.lora)
     if pipe.planner is not None and getattr(args, "max_new_tokens", None):
         pipe.planner.max_new_tokens = args.max_new_tokens
     progress, close = _progress_bar(args.quiet)
@@ -423,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"download": run_download, "info": run_info, "plan": run_plan,
                 "create-sample": run_create_sample, "understand": run_understand}
     try:
-        return handlers.get(args.command, run_task)(args)
+        return (getattr(args, "handler", None) or handlers.get(args.command, run_task))(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -300,6 +300,8 @@ def build(pipe, audio_dir: str | Path, out: str | Path, *, min_seconds: float = 
           rescan: bool = False, manifest_only: bool = False, progress=None) -> Report:
     """Scan (or reuse the reviewed manifest), optionally auto-label, then preprocess."""
     audio_dir, out = Path(audio_dir), Path(out)
+    if label and getattr(pipe, "planner", None) is None:
+        raise InvalidRequest("auto-labelling needs a planner LM (--lm 1.7B, 0.6B, 4B or an LM folder)")
     report = Report()
     if (out / MANIFEST).is_file() and not rescan:
         manifest_dir, items = read_manifest(out)

@@ -142,3 +142,9 @@ def test_auto_label_fills_only_missing_labels(song_dir) -> None:
     assert (s0.caption, s0.bpm, s0.keyscale, s0.language, s0.labelled_by) == ("lm caption", 99, "C major", "en", "lm")
     assert s0.lyrics == "[verse]\nla la la 0"  # its own lyrics file wins
     assert by_audio["song1.wav"].caption == "bright synth pop" and by_audio["song1.wav"].labelled_by == "files"
+
+
+def test_auto_label_without_a_planner_is_a_clear_error(fp32_pipe, song_dir, tmp_path) -> None:
+    with pytest.raises(InvalidRequest, match="needs a planner LM"):
+        ds.build(fp32_pipe, song_dir, tmp_path, label=True)
+    assert not (tmp_path / "manifest.json").exists()

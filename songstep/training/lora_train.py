@@ -106,22 +106,25 @@ def sample_t(batch: int, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor
 
 
 def condition(dit, silence: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(encoder states, context latents) of text2music for the batch, through the frozen encoder."""
-    x0 = batch["target_latents"]
+    """(encoder states, context latents) of text2music for the batch, through the frozen encoder,
+    in the DiT's dtype."""
+    dt = dit.dtype
+    x0 = batch["target_latents"].to(dt)
     b, t, _ = x0.shape
     sil = silence if silence.shape[0] >= t else silence.repeat(-(-t // silence.shape[0]), 1)
+    sil = sil.to(dt)
     frames = dit.config.timbre_fix_frame
-    refer = silence[:frames][None].expand(b, -1, -1)
+    refer = sil[:frames][None].expand(b, -1, -1)
     if refer.shape[1] < frames:
         refer = refer.repeat(1, -(-frames // refer.shape[1]), 1)[:, :frames]
     with torch.no_grad():
         enc, _mask, ctx = dit.prepare_condition(
-            batch["text_hidden_states"], batch["text_attention_mask"],
-            batch["lyric_hidden_states"], batch["lyric_attention_mask"],
-            refer.to(x0.dtype), torch.arange(b, device=x0.device),
-            hidden_states=x0, attention_mask=torch.ones(b, t, device=x0.device, dtype=x0.dtype),
-            silence_latent=sil[None].to(x0.dtype), src_latents=sil[:t][None].expand(b, -1, -1).to(x0.dtype),
-            chunk_masks=torch.ones(b, t, x0.shape[-1], device=x0.device, dtype=x0.dtype),
+            batch["text_hidden_states"].to(dt), batch["text_attention_mask"],
+            batch["lyric_hidden_states"].to(dt), batch["lyric_attention_mask"],
+            refer, torch.arange(b, device=x0.device),
+            hidden_states=x0, attention_mask=torch.ones(b, t, device=x0.device, dtype=dt),
+            silence_latent=sil[None], src_latents=sil[:t][None].expand(b, -1, -1),
+            chunk_masks=torch.ones(b, t, x0.shape[-1], device=x0.device, dtype=dt),
             is_covers=torch.zeros(b, dtype=torch.bool, device=x0.device),
         )
     return enc, ctx

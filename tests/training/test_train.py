@@ -148,3 +148,22 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_tree, dataset
         results.append((loss.detach(), [p.grad.clone() for p in params]))
     assert torch.allclose(results[0][0], results[1][0])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_a_bf16_base_model_trains_with_fp32_adapter_weights(dataset_dir) -> None:
+    """The CUDA setting (frozen bf16 base, fp32 adapter) on the CPU: dtypes line up, grads flow."""
+    from songstep.testing.tiny import tiny_dit
+    from songstep.training.dataset import load_dataset
+    from songstep.training.trainer import attach
+
+    dit = tiny_dit(0, dtype=torch.bfloat16)
+    cfg = TrainConfig(rank=4).resolved(True)
+    params = attach(dit, cfg)
+    assert all(p.dtype == torch.float32 for p in params)
+    data = load_dataset(dataset_dir)
+    batch = lt.collate([data[0][1], data[1][1]], None, random.Random(0), "cpu")
+    silence = torch.zeros(100, 64)
+    loss = lt.flow_loss(dit, silence, batch, cfg, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert all(p.grad is not None for p in params) and any(p.grad.abs().sum() > 0 for p in params)

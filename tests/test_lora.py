@@ -114,6 +114,21 @@ def test_two_adapters_and_unloading_one(dit, tmp_path) -> None:
     assert torch.equal(_out(dit), out_a) and [s["name"] for s in lora.status(dit)] == ["a"]
 
 
+def test_lora_and_lokr_together(dit, tmp_path) -> None:
+    base = _out(dit)
+    a, out_a = _saved(dit, tmp_path, _lora_cfg(), "a")
+    k, out_k = _saved(dit, tmp_path, peft.LoKrConfig(r=4, alpha=4, target_modules=list(lora.TARGET_MODULES),
+                                                       init_weights=False), "k")
+    lora.load_adapter(dit, a)
+    lora.load_adapter(dit, k)
+    both = _out(dit)
+    assert not torch.equal(both, out_a) and not torch.equal(both, out_k)
+    lora.unload(dit, "a")  # the inner (first-injected) adapter goes; the LoKr stays
+    torch.testing.assert_close(_out(dit), out_k, rtol=0, atol=1e-6)
+    lora.unload(dit)
+    assert torch.equal(_out(dit), base) and type(dit.decoder.layers[0].self_attn.q_proj) is torch.nn.Linear
+
+
 def _respell(keys: dict[str, torch.Tensor], fn) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in keys.items():

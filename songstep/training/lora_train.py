@@ -204,7 +204,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def enable_checkpointing(dit) -> None:
-    """Recompute each DiT layer's activations in the backward pass (less memory, ~30% slower)."""
+    """Recompute each DiT layer's activations in the backward pass (less memory, more compute)."""
     from torch.utils.checkpoint import checkpoint
 
     for layer in dit.decoder.layers:

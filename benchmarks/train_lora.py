@@ -45,7 +45,7 @@ def run(args, seconds: float, checkpointing: bool, device, dtype) -> dict:
     cfg = preset("turbo") if args.full else tiny_config()
     model = random_model(cfg, device, dtype)
     silence = torch.zeros(max(int(seconds * 25), cfg.timbre_fix_frame), 64, device=device)
-    train_cfg = lt.TrainConfig(rank=args.rank, alpha=2.0 * args.rank, batch_size=args.batch,
+    train_cfg = lt.TrainConfig(rank=args.rank, batch_size=args.batch,
                                gradient_checkpointing=checkpointing).resolved(True)
     params = attach(model, train_cfg)
     if checkpointing:

@@ -144,6 +144,8 @@ SPELLINGS = {
         f"lora_unet_{m.replace('.', '_')}.{'lora_down' if p == 'lora_A.weight' else 'lora_up'}.weight": v,
         f"lora_unet_{m.replace('.', '_')}.alpha": torch.tensor(8.0),
     },
+    "comfyui-decoder": lambda m, p, v: {
+        f"lora_unet_decoder_{m.replace('.', '_')}.{'lora_down' if p == 'lora_A.weight' else 'lora_up'}.weight": v},
     "comfyui-dots": lambda m, p, v: {f"diffusion_model.decoder.{m}.{p}": v, f"diffusion_model.decoder.{m}.alpha": torch.tensor(8.0)},
 }
 
@@ -151,7 +153,7 @@ SPELLINGS = {
 @pytest.mark.parametrize("spelling", sorted(SPELLINGS))
 def test_diffusers_and_comfyui_lora_spellings(dit, tmp_path, spelling) -> None:
     # alpha 8 with rank 4: files without an alpha key mean alpha = rank, so scale those by 2 here
-    folder, expected = _saved(dit, tmp_path, _lora_cfg(r=4, alpha=8.0 if "comfyui" in spelling else 4.0))
+    folder, expected = _saved(dit, tmp_path, _lora_cfg(r=4, alpha=8.0 if spelling in ("comfyui", "comfyui-dots") else 4.0))
     keys = _respell(load_file(str(folder / lora.WEIGHTS_NAME)), SPELLINGS[spelling])
     path = tmp_path / f"{spelling}.safetensors"
     save_file(keys, str(path))

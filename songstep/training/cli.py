@@ -64,7 +64,7 @@ def run_dataset_build(args: argparse.Namespace) -> int:
     from songstep.training.dataset import build
 
     pipe = Pipeline.from_pretrained(args.model, variant=args.variant, device=args.device, dtype=torch.float32,
-                                    offload=False, root=args.root, offline=args.offline,
+                                    offload=True, root=args.root, offline=args.offline,
                                     lm=args.lm if args.label else "none")
 
     def progress(done: int, total: int) -> None:
@@ -85,7 +85,7 @@ def run_train_lora(args: argparse.Namespace) -> int:
     from songstep.training.trainer import train
 
     cfg = TrainConfig(
-        steps=args.steps, rank=args.rank, alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
+        steps=args.steps, rank=args.rank, alpha=args.alpha,
         kind=args.kind, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, timesteps=args.timesteps,
         max_frames=int(args.max_seconds * 25) if args.max_seconds else None, save_every=args.save_every,
         seed=args.seed, gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer,

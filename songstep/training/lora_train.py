@@ -51,7 +51,7 @@ class NonFiniteLoss(SongstepError):
 class TrainConfig:
     steps: int = 1000
     rank: int = 64
-    alpha: float = 128.0
+    alpha: float | None = None  # None: 2 × rank
     dropout: float = 0.1
     kind: str = "lora"  # lora | lokr
     target_modules: tuple[str, ...] = lora.TARGET_MODULES
@@ -91,9 +91,10 @@ class TrainConfig:
 def peft_config(cfg: TrainConfig):
     peft = lora._peft()
     targets = list(cfg.target_modules)
+    alpha = cfg.alpha if cfg.alpha is not None else 2.0 * cfg.rank
     if cfg.kind == "lokr":
-        return peft.LoKrConfig(r=cfg.rank, alpha=cfg.alpha, rank_dropout=0.0, module_dropout=0.0, target_modules=targets)
-    return peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none", target_modules=targets)
+        return peft.LoKrConfig(r=cfg.rank, alpha=alpha, rank_dropout=0.0, module_dropout=0.0, target_modules=targets)
+    return peft.LoraConfig(r=cfg.rank, lora_alpha=alpha, lora_dropout=cfg.dropout, bias="none", target_modules=targets)
 
 
 # -- the objective ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ Timesteps ("auto"): turbo checkpoints draw t uniformly from the 8 turbo shift-3 
 turbo samples); base/sft checkpoints draw t = sigmoid(N(−0.4, 1)) and replace the whole encoder
 sequence by the null embedding with p = 0.15 (the v2 trainer and the model's own training).
 
-Defaults (`TrainConfig`): rank 64, alpha 128, dropout 0.1 on q/k/v/o of self and cross attention;
+Defaults (`TrainConfig`): rank 64, alpha 2 × rank, dropout 0.1 on q/k/v/o of self and cross attention;
 AdamW lr 1e-4, weight decay 0.01, warm-up 100 steps (at most a tenth of the run) then cosine to 0,
 gradient clip 1.0, batch 1, 1000 steps, a checkpoint every 200 steps, seed 42; bf16 autocast on
 CUDA, fp32 on CPU. Every random draw of step k comes from a generator seeded by (seed, k), so a

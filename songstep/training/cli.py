@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from songstep.training.lora_train import TrainConfig
+from songstep.training.config import TrainConfig
 
 _D = TrainConfig()
 

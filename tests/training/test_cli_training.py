@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import soundfile as sf
 
 from songstep.cli import main
+
+pytest.importorskip("peft")  # the [train] extra
 
 
 def test_dataset_build_empty_folder_exits_2(tiny_tree, tmp_path, capsys) -> None:

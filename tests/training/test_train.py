@@ -19,6 +19,8 @@ from songstep.training.lora_train import TrainConfig
 from songstep.training.trainer import train
 from tests.training.conftest import TRAIN
 
+pytest.importorskip("peft")  # the [train] extra
+
 
 def test_thirty_cpu_steps_lower_the_loss(trained) -> None:
     losses = trained.losses

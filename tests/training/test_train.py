@@ -169,3 +169,12 @@ def test_a_bf16_base_model_trains_with_fp32_adapter_weights(dataset_dir) -> None
     loss.backward()
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert all(p.grad is not None for p in params) and any(p.grad.abs().sum() > 0 for p in params)
+
+
+def test_batches_and_accumulation_cover_each_song_once_per_epoch(tiny_tree, dataset_dir, tmp_path) -> None:
+    cfg = TrainConfig(steps=2, rank=2, batch_size=2, grad_accum=2, save_every=5, max_frames=8)
+    seen = [i for step in range(2) for micro in range(2) for i in lt.batch_indices(4, step, cfg, micro)]
+    assert sorted(seen[:4]) == [0, 1, 2, 3] and sorted(seen[4:]) == [0, 1, 2, 3] and seen[:4] != seen[4:]
+    result = train(tiny_tree, dataset_dir, tmp_path, cfg, device="cpu")
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002"]

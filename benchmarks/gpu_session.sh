@@ -30,3 +30,4 @@ if python -c "import vllm" 2>/dev/null; then
 fi
 run dit 120 python benchmarks/dit_forward.py --frames 6000 --batch 1 8
 run pipeline 180 python benchmarks/pipeline.py --seconds 240 --batch 1 4
+run train-lora 240 python benchmarks/train_lora.py --full --rank 64 --seconds 60 240

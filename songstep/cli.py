@@ -90,6 +90,8 @@ def _task_parser(sub, name: str, task: str, help_text: str) -> None:
     if not get_task(task).needs_source:  # the planner LM only plans songs without source audio
         _lm_flags(p, lm_default=None)
     _output_flags(p)
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="adapter (peft folder or .safetensors) at a scale (default 1); repeatable")
     p.set_defaults(task=task)
 
 
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (task, help_text) in COMMANDS.items():
         _task_parser(sub, name, task, help_text)
     _planner_parsers(sub)
+    from songstep.training.cli import add_parsers as _training_parsers
+
+    _training_parsers(sub)
     d = sub.add_parser("download", help="download official checkpoints")
     _verbosity(d)
     d.add_argument("components", nargs="*", default=None, help="default: turbo vae text-encoder lm-1.7B")
@@ -303,6 +308,11 @@ def run_task(args: argparse.Namespace) -> int:
     pipe = Pipeline.from_pretrained(model, variant=variant, device=_device(args), dtype=_dtype(args), offload=args.offload,
                                     root=args.root, offline=args.offline, lm=_lm_choice(args, request),
                                     lm_backend=getattr(args, "lm_backend", "transformers"))
+    if args.lora:
+        from songstep.lora import apply_loras
+
+        status(args, f"loading {len(args.lora)} adapter(s) …")
+        apply_loras(pipe, args.lora)
     status(args, f"running {request.task} ({request.batch} take{'s' if request.batch > 1 else ''}) on {pipe.device}, "
                  f"{str(pipe.dtype).removeprefix('torch.')}, {pipe.tier.name} tier")
     progress, close = _progress_bar(args.quiet)
@@ -493,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"download": run_download, "info": run_info, "plan": run_plan,
                 "create-sample": run_create_sample, "understand": run_understand}
     try:
-        return handlers.get(args.command, run_task)(args)
+        return (getattr(args, "handler", None) or handlers.get(args.command, run_task))(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

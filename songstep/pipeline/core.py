@@ -25,6 +25,7 @@ import torch
 
 from songstep.constants import AUDIO_CODE_TOKEN, HOP_LENGTH, SAMPLE_RATE
 from songstep.errors import InvalidRequest
+from songstep.lora import LoraMixin
 from songstep.pipeline import memory, planning
 from songstep.pipeline.autogen import AutoGen
 from songstep.pipeline.components import Components, load_components, resolve_lm, weights_digest
@@ -83,7 +84,7 @@ class GenerationResult:
         return [self.take(i) for i in range(len(self.seeds))]
 
 
-class Pipeline:
+class Pipeline(LoraMixin):
     """DiT + VAE + text encoder (+ planner), on one device, ready to run requests. Runs are
     serialised by a lock (AutoGen generates in a background thread)."""
 

@@ -207,6 +207,9 @@ def _remember_model(args: argparse.Namespace, doc: dict[str, Any]) -> None:
         args.model = weights["model"]
     if getattr(args, "variant", None) is None and weights.get("variant"):
         args.variant = weights["variant"]
+    adapters = doc.get("params", {}).get("adapters") or []
+    if adapters and not getattr(args, "lora", None):
+        args.lora = [f"{a['path']}:{a['scale']}" for a in adapters]
 
 
 _STAGES = {  # progress stage → (bar label, unit)

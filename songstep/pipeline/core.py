@@ -273,6 +273,9 @@ class Pipeline(LoraMixin):
         wave = plan.level.apply(wave)
         timings["total"] = time.perf_counter() - start
         params = {**planning.record(plan, prep, c.variant, self.source), **plan.level.params()}
+        adapters = [a for a in self.lora_status() if a["enabled"] and a["scale"] != 0]
+        if adapters:
+            params["adapters"] = adapters  # `--from` loads them again
         if fallback:
             params["vae_decode"] = fallback
         return GenerationResult(wave, SAMPLE_RATE, list(plan.seeds), params, timings, latents)

@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--list", action="store_true", help="list known components")
     i = sub.add_parser("info", help="installed components, device, free memory and GPU tier")
     i.add_argument("--root", default="checkpoints")
+    from songstep.server import cli as server_cli  # `songstep serve` (its heavy imports are lazy)
+
+    server_cli.add_parser(sub)
     return parser
 
 
@@ -423,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"download": run_download, "info": run_info, "plan": run_plan,
                 "create-sample": run_create_sample, "understand": run_understand}
     try:
-        return handlers.get(args.command, run_task)(args)
+        return handlers.get(args.command, getattr(args, "func", run_task))(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

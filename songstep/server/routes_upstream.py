@@ -206,8 +206,9 @@ async def format_input(request: Request) -> dict:
                       language=None if lang in (None, "unknown") else str(lang))
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"param_obj: {exc}") from exc
+    cap = request.app.state.settings.lm_max_new_tokens
     desc = await planner_call(request, lambda pipe: pipe.planner.format(
-        p.prompt, p.lyrics, temperature=p.temperature, seed=p.seed, **kwargs))
+        p.prompt, p.lyrics, temperature=p.temperature, seed=p.seed, max_new_tokens=cap, **kwargs))
     return envelope(description_data(desc))
 
 
@@ -228,8 +229,10 @@ async def create_sample(request: Request) -> dict:
     if not p.query.strip():
         raise InvalidRequest("query (or sample_query / description) must not be empty")
     lang = None if (p.vocal_language or "unknown") == "unknown" else p.vocal_language
+    cap = request.app.state.settings.lm_max_new_tokens
     desc = await planner_call(request, lambda pipe: pipe.planner.create_sample(
-        p.query, instrumental=p.instrumental, language=lang, temperature=p.temperature, seed=p.seed))
+        p.query, instrumental=p.instrumental, language=lang, temperature=p.temperature, seed=p.seed,
+        max_new_tokens=cap))
     return envelope(description_data(desc, instrumental=p.instrumental or None))
 
 
@@ -269,7 +272,8 @@ async def model_inventory(request: Request) -> dict:
     found: set[str] = set()
     for slot in service.slots:
         folders = getattr(getattr(slot.pipe, "components", None), "folders", None) or {}
-        dit = folders.get("dit") if isinstance(folders, dict) else None
+        variant = getattr(slot.pipe.components, "variant", "")
+        dit = (folders.get(variant) or folders.get("dit")) if isinstance(folders, dict) else None
         if dit is not None and Path(dit).parent.is_dir():
             found |= {p.name for p in Path(dit).parent.iterdir() if (p / "config.json").is_file()
                       and (p / "silence_latent.pt").is_file()}

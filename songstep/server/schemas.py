@@ -168,14 +168,14 @@ class ReleaseTaskParams(BaseModel):
         return "".join(str(v) for v in value) if isinstance(value, list) else value
 
     def chosen_seed(self) -> int | None:
-        """Upstream: a seed counts when use_random_seed is false (or a seed ≥ 0 is given);
-        `"42,123"` gives the first take's seed (the others follow it)."""
+        """Upstream: the seed counts only when use_random_seed is false; `"42,123"` gives the first
+        take's seed (the other takes follow it)."""
         raw = str(self.seed).split(",")[0].strip()
         try:
             seed = int(raw)
         except ValueError as exc:
             raise ValueError(f"seed must be an integer or a comma-separated list of integers, got {self.seed!r}") from exc
-        return seed if seed >= 0 and (not self.use_random_seed or self.seed != -1) else None
+        return seed if seed >= 0 and not self.use_random_seed else None
 
     def tracks(self) -> list[str]:
         if self.track_classes:

@@ -63,6 +63,7 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()  # CORS off unless origins are given
     retry_after: int = 10  # seconds, in 429 answers
     service_name: str = "songstep API"
+    lm_max_new_tokens: int | None = None  # cap on the planner's text (format, sample mode); None: its own
 
     def __post_init__(self) -> None:
         if self.on_restart not in ("requeue", "fail"):

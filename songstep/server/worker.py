@@ -31,7 +31,7 @@ def model_names(pipe: Any) -> tuple[str, list[str]]:
     components = getattr(pipe, "components", None)
     variant = str(getattr(components, "variant", "") or "default")
     folders = getattr(components, "folders", None) or {}
-    folder = folders.get("dit") if isinstance(folders, dict) else None
+    folder = (folders.get(variant) or folders.get("dit")) if isinstance(folders, dict) else None
     name = Path(folder).name if folder else variant
     return name, sorted({name, variant})
 
@@ -175,14 +175,14 @@ class Worker:
         if getattr(pipe, "planner", None) is None:
             raise InvalidRequest("sample_mode and use_format need a planner LM; start the server with one")
         lang = fields.get("language") if fields.get("language") not in (None, "unknown") else None
+        common = dict(language=lang, seed=fields.get("seed"), max_new_tokens=self.settings.lm_max_new_tokens)
         if options.get("sample_mode"):
             desc = pipe.planner.create_sample(options.get("sample_query") or fields.get("caption", ""),
-                                              instrumental=bool(fields.get("instrumental")), language=lang,
-                                              seed=fields.get("seed"))
+                                              instrumental=bool(fields.get("instrumental")), **common)
         else:
             desc = pipe.planner.format(fields.get("caption", ""), fields.get("lyrics", ""), bpm=fields.get("bpm"),
                                        keyscale=fields.get("keyscale"), timesignature=fields.get("timesignature"),
-                                       duration=fields.get("duration"), language=lang, seed=fields.get("seed"))
+                                       duration=fields.get("duration"), **common)
         planned = desc.to_request()
         for name in ("caption", "lyrics", "bpm", "keyscale", "timesignature", "duration", "language"):
             value = getattr(planned, name)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import torch
 
+from songstep.config import tiny_config
 from songstep.pipeline.inputs import resolve_seeds
 
 
@@ -28,7 +29,7 @@ class FakeResult:
 class FakePipeline:
     def __init__(self, delay: float = 0.0, steps: int = 4, name: str = "acestep-v15-turbo", log: Path | None = None):
         self.delay, self.steps, self.log = delay, steps, log
-        config = SimpleNamespace(is_turbo=True)
+        config = tiny_config(is_turbo=True)
         self.components = SimpleNamespace(variant="turbo", folders={"dit": Path("/nonexistent") / name},
                                           dit=SimpleNamespace(config=config))
         self.planner = None

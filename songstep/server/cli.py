@@ -31,6 +31,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback host without API keys")
     p.add_argument("--on-restart", choices=("requeue", "fail"), default="requeue",
                    help="what happens to jobs a crash interrupted")
+    p.add_argument("--max-attempts", type=int, default=2, help="runs a job may get across interruptions")
     p.add_argument("--keep-results", type=int, default=1000, help="finished jobs kept with their files")
     p.add_argument("--max-upload-mb", type=float, default=50.0)
     p.add_argument("--max-upload-seconds", type=float, default=600.0)
@@ -55,7 +56,7 @@ def settings_from_args(args: argparse.Namespace):
                              "(or --api-keys-file), listen on 127.0.0.1, or add --insecure")
     return ServerSettings(
         data_dir=Path(args.data_dir), api_key_hashes=key_hashes(keys), queue_size=args.queue_size,
-        on_restart=args.on_restart, keep_results=args.keep_results,
+        on_restart=args.on_restart, max_attempts=args.max_attempts, keep_results=args.keep_results,
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_seconds=args.max_upload_seconds,
         request_timeout=args.request_timeout, job_timeout=args.job_timeout, cors_origins=tuple(args.cors_origin),
     )

@@ -103,7 +103,7 @@ def test_kill_9_mid_run_then_restart(tiny_tree, tmp_path) -> None:
         proc.terminate()
         proc.wait(60)
     assert set(final) == set(ids)  # none lost
-    for job_id, job in final.items():
+    for job in final.values():
         assert job["status"] in ("succeeded", "failed"), job
         if job["status"] == "failed":
             assert job["error"], job

@@ -31,7 +31,7 @@ from songstep.server.worker import Slot, model_names
 log = logging.getLogger(__name__)
 VERSION = "1.0"
 # Routes that stream or wait for a job on purpose: the request timeout does not apply.
-_UNTIMED = ("/v1/chat/completions", "/v2/jobs/")
+_UNTIMED = ("/v1/chat/completions",)
 
 
 def _slots(built: Any) -> list[Slot]:
@@ -73,7 +73,7 @@ class RequestTimeout:
         self.app, self.seconds = app, seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(_UNTIMED):
+        if scope["type"] != "http" or scope["path"] in _UNTIMED or scope["path"].endswith("/events"):
             await self.app(scope, receive, send)
             return
         started = False

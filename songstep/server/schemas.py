@@ -11,6 +11,7 @@ place that builds the request type from such a dict.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Literal
 
@@ -21,6 +22,26 @@ from songstep.config import GenerationRequest
 AUDIO_FORMATS = ("mp3", "wav", "flac", "ogg")
 _TUPLE_FIELDS = ("tracks", "cfg_interval", "timesteps")
 _METAS_KEYS = ("metas", "metadata", "user_metadata")
+_KEY = re.compile(r"^\s*([A-Ga-g])\s*([#b♯♭]?)\s*(m|min|minor|maj|major)?\s*$", re.I)
+
+
+def keyscale(text: str | None) -> str | None:
+    """Upstream clients write keys as "C Major", "Am", "f# min": → songstep's "C major", "A minor"."""
+    if not text or not text.strip():
+        return None
+    m = _KEY.match(text)
+    if m is None:
+        return text.strip()  # validation names the problem
+    note, accidental, mode = m.groups()
+    minor = (mode or "").lower() in ("m", "min", "minor") if mode != "M" else False
+    return f"{note.upper()}{accidental} {'minor' if minor else 'major'}"
+
+
+def timesignature(text: str | None) -> str | None:
+    """Upstream's time signatures are 2, 3, 4, 6 for 2/4, 3/4, 4/4, 6/8: "6/8" → "6"."""
+    if not text or not str(text).strip():
+        return None
+    return str(text).strip().split("/")[0].strip()
 
 
 def to_request(fields: dict[str, Any]) -> GenerationRequest:
@@ -61,7 +82,7 @@ def _blank_to_none(data: dict[str, Any]) -> dict[str, Any]:
 class ReleaseTaskParams(BaseModel):
     """`POST /release_task` (JSON, form or multipart). Unknown fields are ignored, as upstream does."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", coerce_numbers_to_str=True)
 
     prompt: str = Field("", validation_alias=_alias("prompt", "caption"), max_length=4096)
     lyrics: str = Field("", max_length=16384)
@@ -194,8 +215,8 @@ class ReleaseTaskParams(BaseModel):
             "language": language,
             "duration": self.audio_duration if self.audio_duration and self.audio_duration > 0 else None,
             "bpm": self.bpm,
-            "keyscale": self.key_scale or None,
-            "timesignature": self.time_signature or None,
+            "keyscale": keyscale(self.key_scale),
+            "timesignature": timesignature(self.time_signature),
             "tracks": self.tracks(),
             "repaint_start": self.repainting_start,
             "repaint_end": None if end is None or end < 0 else end,

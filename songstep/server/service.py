@@ -99,7 +99,10 @@ class JobService:
         from songstep.conditioning import validate_request
         from songstep.server.schemas import to_request
 
-        self.check_lm(slot, spec.get("options", {}).get("lm_model"))
+        options = spec.get("options", {})
+        self.check_lm(slot, options.get("lm_model"))
+        if (options.get("sample_mode") or options.get("use_format")) and getattr(slot.pipe, "planner", None) is None:
+            raise InvalidRequest("sample_mode / sample_query and use_format need a planner LM; this server has none")
         request = to_request(spec["fields"])
         config = getattr(getattr(getattr(slot.pipe, "components", None), "dit", None), "config", None)
         if config is not None:

@@ -67,3 +67,14 @@ def test_to_request_builds_the_request_type() -> None:
 def test_bad_values_are_rejected(body) -> None:
     with pytest.raises(ValueError):
         fields(body)
+
+
+@pytest.mark.parametrize("given,key", [("C Major", "C major"), ("Am", "A minor"), ("f# min", "F# minor"),
+                                       ("Bb", "Bb major"), ("E minor", "E minor"), ("", None)])
+def test_upstream_key_spellings(given, key) -> None:
+    assert fields({"key_scale": given})["keyscale"] == key
+
+
+@pytest.mark.parametrize("given,ts", [("4", "4"), ("4/4", "4"), ("6/8", "6"), ("3/4", "3"), (3, "3")])
+def test_upstream_time_signatures(given, ts) -> None:
+    assert fields({"time_signature": given})["timesignature"] == ts

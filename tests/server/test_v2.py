@@ -121,3 +121,18 @@ def test_retention_deletes_old_results(tmp_path) -> None:
         time.sleep(0.1)
         assert [c.get(f"/v2/jobs/{i}").status_code for i in ids] == [404, 404, 200, 200]
         assert sorted(p.name for p in (tmp_path / "results").iterdir()) == sorted(ids[2:])
+
+
+def test_each_loaded_model_has_its_worker_and_unknown_models_fail(tmp_path) -> None:
+    turbo, base = FakePipeline(), FakePipeline(name="acestep-v15-base")
+    with make(tmp_path, {"acestep-v15-turbo": turbo, "acestep-v15-base": base}) as c:
+        models = c.get("/v1/models").json()["data"]
+        assert [m["name"] for m in models["models"]] == ["acestep-v15-turbo", "acestep-v15-base"]
+        a = c.post("/v2/jobs", json={"caption": "default"}).json()["id"]
+        b = c.post("/release_task", json={"prompt": "on base", "model": "acestep-v15-base"}).json()["data"]["task_id"]
+        assert until(c, a, ("succeeded",))["model"] == "acestep-v15-turbo"
+        assert until(c, b, ("succeeded",))["model"] == "acestep-v15-base"
+        assert [r.caption for r in turbo.requests] == ["default"] and [r.caption for r in base.requests] == ["on base"]
+        r = c.post("/release_task", json={"prompt": "x", "model": "acestep-v15-sft"})
+        assert r.status_code == 404 and "not loaded" in r.json()["error"] and len(base.requests) == 1
+        assert c.post("/release_task", json={"sample_query": "a song"}).status_code == 400  # no planner LM

@@ -136,3 +136,17 @@ def test_each_loaded_model_has_its_worker_and_unknown_models_fail(tmp_path) -> N
         r = c.post("/release_task", json={"prompt": "x", "model": "acestep-v15-sft"})
         assert r.status_code == 404 and "not loaded" in r.json()["error"] and len(base.requests) == 1
         assert c.post("/release_task", json={"sample_query": "a song"}).status_code == 400  # no planner LM
+
+
+def test_a_request_past_its_timeout_gets_504(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    pipe = GatedPipeline()
+    pipe.planner = SimpleNamespace(name="fake-lm", format=lambda *a, **k: None)
+    with make(tmp_path, pipe, request_timeout=0.3) as c:
+        job = c.post("/v2/jobs", json={"caption": "holds the model"}).json()["id"]
+        until(c, job, ("running",))
+        r = c.post("/format_input", json={"prompt": "waits for the model's lock"})
+        assert r.status_code == 504 and r.json()["code"] == 504 and "timed out" in r.json()["error"]
+        pipe.gate.set()
+        assert until(c, job, ("succeeded",))["status"] == "succeeded"

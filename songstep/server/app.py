@@ -26,6 +26,7 @@ from songstep.server.schemas import Envelope, envelope
 from songstep.server.service import JobService
 from songstep.server.settings import ServerSettings
 from songstep.server.store import QueueFull, SQLiteJobStore
+from songstep.server.uploads import TooLarge
 from songstep.server.worker import Slot, model_names
 
 log = logging.getLogger(__name__)
@@ -67,28 +68,61 @@ def _lifespan(pipeline_factory: Callable[[], Any], settings: ServerSettings):
 
 
 class RequestTimeout:
-    """Answer 504 when a (non-streaming) request takes longer than `seconds`."""
+    """Answer 504 when a request has not started its response within `seconds` (a download or an
+    event stream that has started is not cut). `/v1/chat/completions` waits for its job on purpose."""
 
     def __init__(self, app: ASGIApp, seconds: float):
         self.app, self.seconds = app, seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _UNTIMED or scope["path"].endswith("/events"):
+        if scope["type"] != "http" or scope["path"] in _UNTIMED:
             await self.app(scope, receive, send)
             return
-        started = False
+        started = asyncio.Event()
 
         async def tracked_send(message):
-            nonlocal started
-            started = True
+            started.set()
             await send(message)
 
-        try:
-            await asyncio.wait_for(self.app(scope, receive, tracked_send), self.seconds)
-        except TimeoutError:
-            if not started:
-                response = JSONResponse(envelope(None, 504, f"request timed out after {self.seconds:g} s"), 504)
-                await response(scope, receive, send)
+        task = asyncio.create_task(self.app(scope, receive, tracked_send))
+        waiter = asyncio.create_task(started.wait())
+        await asyncio.wait({task, waiter}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not started.is_set() and not task.done():
+            task.cancel()
+            response = JSONResponse(envelope(None, 504, f"request timed out after {self.seconds:g} s"), 504)
+            await response(scope, receive, send)
+            return
+        await task
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes (413): at once from Content-Length, else while the
+    body streams in, before it reaches the form parser's temporary files."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.limit:
+            response = JSONResponse(envelope(None, 413, f"request body too large (limit {self.limit} bytes)"), 413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise TooLarge(f"request body too large (limit {self.limit} bytes)")
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 def _error(code: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -140,6 +174,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     app.state.metrics = Metrics(lambda: getattr(app.state, "store", None))
     _install_errors(app, settings)
     app.add_middleware(RequestTimeout, seconds=settings.request_timeout)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
                            allow_headers=["*"])

@@ -76,6 +76,11 @@ class ServerSettings:
         return bool(self.api_key_hashes)
 
     @property
+    def max_body_bytes(self) -> int:
+        """Whole request bodies: two uploads (base64 in chat adds a third) plus the fields."""
+        return 3 * self.max_upload_bytes + 2**20
+
+    @property
     def db_path(self) -> Path:
         return Path(self.data_dir) / "jobs.sqlite3"
 

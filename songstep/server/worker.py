@@ -86,7 +86,12 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job = self.store.claim(self.slot.name)
+            try:
+                job = self.store.claim(self.slot.name)
+            except Exception:  # the store is unreachable for a moment: retry, never die
+                log.exception("claiming a job failed; retrying")
+                self._stop.wait(1.0)
+                continue
             if job is None:
                 self.slot.wake.wait(1.0)
                 self.slot.wake.clear()

@@ -128,3 +128,17 @@ def test_refuses_a_public_host_without_keys(tmp_path, monkeypatch) -> None:
     s = _settings("--host", "0.0.0.0", "--api-keys-file", str(keys), "--api-key", "third-secret-key", *data)
     assert s.api_key_hashes == key_hashes(["third-secret-key", *KEYS])
     assert "secret" not in json.dumps(list(s.api_key_hashes))
+
+
+def test_whole_bodies_are_limited_before_parsing(client) -> None:
+    auth = {"Authorization": f"Bearer {KEYS[0]}"}
+    big = b"x" * (3 * 200_000 + 2**20 + 1)
+    r = client.post("/release_task", content=big, headers={**auth, "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == 413
+
+    def chunks():
+        for _ in range(40):
+            yield b"y" * 50_000
+
+    r = client.post("/release_task", content=chunks(), headers={**auth, "content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "too large" in r.json()["error"]

@@ -161,13 +161,27 @@ def _install_errors(app: FastAPI, settings: ServerSettings) -> None:
         return _error(500, f"internal error: {type(exc).__name__}")
 
 
+def _protected_docs(app: FastAPI) -> None:
+    """With API keys, the OpenAPI spec and /docs need a key like every other route."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_key)])
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="songstep API")
+
+
 def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | None = None) -> FastAPI:
     """The app. `pipeline_factory()` returns a `Pipeline`, a list of them or a dict name → pipeline
     (the first is the default model); it runs once, at startup."""
     from songstep.server import routes_chat, routes_upstream, routes_v2
 
     settings = settings or ServerSettings()
-    app = FastAPI(title="songstep", version=VERSION, lifespan=_lifespan(pipeline_factory, settings),
+    hidden = {"openapi_url": None, "docs_url": None, "redoc_url": None} if settings.auth_enabled else {}
+    app = FastAPI(title="songstep", version=VERSION, lifespan=_lifespan(pipeline_factory, settings), **hidden,
                   description="ACE-Step 1.5 music generation. Upstream-compatible routes (envelope "
                   "`{data, code, error, timestamp, extra}`) and a job API under /v2.")
     app.state.settings = settings
@@ -190,6 +204,8 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
         """Prometheus metrics."""
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    if settings.auth_enabled:
+        _protected_docs(app)
     app.include_router(routes_upstream.router, dependencies=[Depends(require_key)])
     app.include_router(routes_chat.router, dependencies=[Depends(require_key)])
     app.include_router(routes_v2.router, dependencies=[Depends(require_key)])

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from songstep.config import GenerationRequest
+from songstep.errors import InvalidRequest
 
 AUDIO_FORMATS = ("mp3", "wav", "flac", "ogg")
 _TUPLE_FIELDS = ("tracks", "cfg_interval", "timesteps")
@@ -51,7 +52,12 @@ def to_request(fields: dict[str, Any]) -> GenerationRequest:
     for name in _TUPLE_FIELDS:
         if isinstance(fields.get(name), list):
             fields[name] = tuple(fields[name])
-    return GenerationRequest(**fields)
+    try:
+        return GenerationRequest(**fields)
+    except InvalidRequest:
+        raise
+    except (TypeError, ValueError) as exc:  # a validating request type raises these: a 400, not a 500
+        raise InvalidRequest(f"invalid request: {exc}") from exc
 
 
 def envelope(data: Any, code: int = 200, error: str | None = None) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def test_keys_are_stored_hashed() -> None:
 
 
 ROUTES = [("get", "/v1/models", {}), ("get", "/v1/stats", {}), ("get", "/v1/model_inventory", {}),
-          ("get", "/metrics", {}), ("get", "/v1/audio?path=x", {}), ("get", "/v2/jobs", {}),
+          ("get", "/metrics", {}), ("get", "/openapi.json", {}), ("get", "/docs", {}), ("get", "/v1/audio?path=x", {}), ("get", "/v2/jobs", {}),
           ("post", "/release_task", {"json": {"prompt": "x"}}), ("post", "/query_result", {"json": {}}),
           ("post", "/format_input", {"json": {}}), ("post", "/create_random_sample", {"json": {}}),
           ("post", "/v1/create_sample", {"json": {}}), ("post", "/v2/jobs", {"json": {}}),

@@ -28,6 +28,8 @@ from songstep.server.schemas import (
     ReleaseTaskParams,
     description_data,
     envelope,
+    keyscale,
+    timesignature,
 )
 from songstep.server.service import UPSTREAM_STATUS, JobService
 from songstep.server.uploads import save_upload
@@ -200,8 +202,9 @@ async def format_input(request: Request) -> dict:
     duration = _pick(meta, "duration", "audio_duration")
     bpm = _pick(meta, "bpm")
     try:
-        kwargs = dict(bpm=int(bpm) if bpm is not None else None, keyscale=_pick(meta, "key", "key_scale", "keyscale"),
-                      timesignature=_pick(meta, "time_signature", "timesignature"),
+        kwargs = dict(bpm=int(bpm) if bpm is not None else None,
+                      keyscale=keyscale(_pick(meta, "key", "key_scale", "keyscale", "keyScale")),
+                      timesignature=timesignature(_pick(meta, "time_signature", "timesignature", "timeSignature")),
                       duration=float(duration) if duration is not None else None,
                       language=None if lang in (None, "unknown") else str(lang))
     except (TypeError, ValueError) as exc:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import os
@@ -39,7 +40,7 @@ async def save_upload(upload, folder: Path, name: str, settings: ServerSettings)
                 target.unlink(missing_ok=True)
                 raise _limit_error(settings)
             out.write(chunk)
-    return checked_audio(target, settings)
+    return await asyncio.to_thread(checked_audio, target, settings)  # decoding must not block the loop
 
 
 def save_base64(data: str, folder: Path, name: str, settings: ServerSettings) -> Path:

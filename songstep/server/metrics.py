@@ -14,8 +14,8 @@ _BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 class _StoreCollector:
-    def __init__(self, store_ref, slots_ref):
-        self._store, self._slots = store_ref, slots_ref
+    def __init__(self, store_ref):
+        self._store = store_ref
 
     def collect(self):
         store: JobStore | None = self._store()
@@ -45,9 +45,9 @@ def _gpu_memory() -> list[tuple[str, float]]:
 
 
 class Metrics:
-    def __init__(self, store_ref, slots_ref=lambda: []):
+    def __init__(self, store_ref):
         self.registry = CollectorRegistry()
-        self.registry.register(_StoreCollector(store_ref, slots_ref))
+        self.registry.register(_StoreCollector(store_ref))
         self.jobs_total = Counter("songstep_jobs_finished", "Finished jobs by final state", ["state"],
                                   registry=self.registry)
         self.job_seconds = Histogram("songstep_job_seconds", "Wall time of a job in the worker",

@@ -212,7 +212,7 @@ class Pipeline:
         plans = planning.plan_takes(self.planner, request, seeds, codes=codes, options=options, tier=self.tier,
                                     progress=progress)
         if self.components.offload:  # small GPUs: the LM's KV cache makes room for the DiT and VAE
-            self.planner.lm.backend.release()
+            self.planner.release()
         lm_seconds = time.perf_counter() - t0
         gens = planning.item_generators(generator, len(plans))
         results = [
@@ -247,7 +247,7 @@ class Pipeline:
 
     def _free(self) -> int:
         """Free GPU memory held between runs; the bytes of planner KV cache freed."""
-        freed = self.planner.lm.backend.release() if self.planner is not None else 0
+        freed = self.planner.release() if self.planner is not None else 0
         if self.components.device.type == "cuda":
             torch.cuda.empty_cache()
         return freed

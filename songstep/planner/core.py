@@ -136,6 +136,11 @@ class Planner:
     def name(self) -> str:
         return self.lm.path.name
 
+    def release(self) -> int:
+        """Free what the LM backend holds between requests (KV caches, CUDA graphs, vLLM's
+        prefix cache); the bytes freed. The next plan allocates again."""
+        return self.lm.backend.release()
+
     # -- shared helpers ----------------------------------------------------------------------
     def encode_prompt(self, prompt: ChatPrompt) -> list[int]:
         return self.lm.encode(render_chat_prompt(self.lm.tokenizer, prompt))

@@ -198,7 +198,7 @@ def run_phase2(
 ) -> list[str]:
     """Phase 2 for every (metadata, generator) item, CFG rows batched: the code strings."""
     lm = planner.lm
-    head = lm.codes.head_rows() if lm.backend.restricted_head else None
+    head = lm.codes.head_rows() if lm.backend.capabilities.restricted_head else None
     columns = head_columns(head, lm.backend.vocab_size, lm.backend.device)
     valid = range(lm.codes.first_id, lm.codes.first_id + lm.codes.valid)
     rows, caps = [], []

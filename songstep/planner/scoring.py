@@ -128,8 +128,9 @@ class Forced:
 
 
 class TeacherForcer:
-    """The LM's view of a target text after a prompt: the backend's teacher-forced logits, or
-    (a backend with `target_stats`, e.g. vLLM) the targets' log-probabilities and ranks."""
+    """The LM's view of a target text after a prompt: the backend's teacher-forced logits when its
+    capabilities say it has them (`full_logits`), else (vLLM) its `target_stats`, the targets'
+    log-probabilities and ranks."""
 
     def __init__(self, planner: Planner):
         self.planner = planner
@@ -141,9 +142,8 @@ class TeacherForcer:
         targets = torch.tensor(ids[prompt_len:], dtype=torch.long)
         if len(ids) <= prompt_len:
             return Forced(torch.empty(0, lm.backend.vocab_size), targets)
-        stats = getattr(lm.backend, "target_stats", None)
-        if stats is not None:
-            log_probs, ranks = stats(ids, prompt_len)
+        if not lm.backend.capabilities.full_logits:
+            log_probs, ranks = lm.backend.target_stats(ids, prompt_len)
             return Forced(targets=targets, log_probs=log_probs, ranks=ranks)
         logits = lm.backend.logits(torch.tensor([ids], dtype=torch.long))[0]
         return Forced(logits[prompt_len - 1 : -1].float().cpu(), targets)

@@ -19,40 +19,20 @@ from safetensors import SafetensorError, safe_open
 
 from songstep.config import DiTConfig
 from songstep.errors import CheckpointError, ModelNotFound
+from songstep.loading import diffusers_map
+from songstep.loading.files import INDEX_NAME, WEIGHTS_NAME, weight_files
 from songstep.models.dit import DiTModel
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
+__all__ = ["INDEX_NAME", "WEIGHTS_NAME", "default_dtype", "load_dit", "read_tensors", "save_dit", "weight_files"]
+
 CONFIG_NAME = "config.json"
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
     """bf16 on CUDA, fp32 elsewhere (upstream's choice)."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def weight_files(folder: Path, weights_name: str = WEIGHTS_NAME, index_name: str = INDEX_NAME) -> list[Path]:
-    """The safetensors files of a folder, in index order: one `weights_name` file, or the shards
-    that `index_name` lists (each must exist)."""
-    single, index = folder / weights_name, folder / index_name
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            names = list(dict.fromkeys(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: unreadable shard index ({e})") from e
-        if not names:
-            raise CheckpointError(f"{index}: empty weight_map")
-        files = [folder / str(n) for n in names]
-        for f in files:
-            if not f.is_file():
-                raise CheckpointError(f"{index}: shard {f.name} listed but missing")
-        return files
-    if single.is_file():
-        return [single]
-    raise CheckpointError(f"{folder}: no {weights_name} or {index_name}")
 
 
 def read_tensors(
@@ -133,8 +113,6 @@ def load_dit(
     if not folder.is_dir():
         raise ModelNotFound(f"{folder}: not a checkpoint directory")
     dtype = dtype or default_dtype(device)
-    from songstep.loading import diffusers_map
-
     if diffusers_map.is_diffusers_layout(folder):
         config, files, rename = diffusers_map.plan(folder)
     else:

@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 
 from songstep.config import DiTConfig
 from songstep.errors import CheckpointError
-from songstep.loading.checkpoint import weight_files
+from songstep.loading.files import weight_files
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
 
-from songstep.planner.types import Score
+from songstep.planner.types import PlannerHost, Score
 from songstep.prompts import build_understand_prompt, cot_items, render_chat_prompt
-
-if TYPE_CHECKING:
-    from songstep.planner.core import Planner
 
 METADATA_KEYS = ("bpm", "duration", "genres", "keyscale", "language", "timesignature")
 WEIGHTS = {"caption": 0.5, "lyrics": 0.3, "metadata": 0.2}
@@ -132,7 +129,7 @@ class TeacherForcer:
     capabilities say it has them (`full_logits`), else (vLLM) its `target_stats`, the targets'
     log-probabilities and ranks."""
 
-    def __init__(self, planner: Planner):
+    def __init__(self, planner: PlannerHost):
         self.planner = planner
 
     def __call__(self, prompt: str, target: str) -> Forced:
@@ -157,7 +154,7 @@ def _pmi(forcer: TeacherForcer, cond: str, uncond: str, target: str, scale: floa
 
 
 def score_codes(
-    planner: Planner,
+    planner: PlannerHost,
     audio_codes: str,
     *,
     caption: str,

@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--list", action="store_true", help="list known components")
     i = sub.add_parser("info", help="installed components, device, free memory and GPU tier")
     i.add_argument("--root", default="checkpoints")
+    i.add_argument("--model", default=None, help="also inspect this checkpoints folder (official or diffusers layout)")
     return parser
 
 
@@ -394,6 +395,10 @@ def run_info(args: argparse.Namespace) -> int:
         folder = root / comp.folder
         installed[comp.name] = str(folder) if folder.is_dir() else None
     info["checkpoints"] = {"root": str(root), "installed": installed}
+    if args.model:
+        from songstep.pipeline.components import describe_model
+
+        info["model"] = describe_model(args.model, root=root)
     print(json.dumps(info, indent=2, ensure_ascii=False))
     return 0
 

@@ -125,6 +125,16 @@ def load_dit(
     return assemble(model, tensors)
 
 
+XL_ONLY_FIELDS = ("encoder_hidden_size", "encoder_intermediate_size", "encoder_num_attention_heads",
+                  "encoder_num_key_value_heads")
+
+
+def official_config(config: DiTConfig) -> dict:
+    """`config` as the official config.json holds it: the 2B configs omit the XL-only `encoder_*`
+    fields (a `null` there breaks diffusers' converter, which reads them with `.get(key, default)`)."""
+    return {k: v for k, v in config.to_dict().items() if not (k in XL_ONLY_FIELDS and v is None)}
+
+
 def save_dit(model: DiTModel, folder: str | Path, *, dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> None:
     """Write a model in the official layout: config.json + model.safetensors, or shards with an
     index when `max_shard_bytes` is given (used for tiny test checkpoints)."""
@@ -132,7 +142,7 @@ def save_dit(model: DiTModel, folder: str | Path, *, dtype: torch.dtype | None =
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2), encoding="utf-8")
+    (folder / CONFIG_NAME).write_text(json.dumps(official_config(model.config), indent=2), encoding="utf-8")
     sd = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in sorted(model.state_dict().items())}
     if not max_shard_bytes:
         save_file(sd, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})

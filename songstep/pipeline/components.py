@@ -83,7 +83,7 @@ def load_components(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or default_dtype(device)
     park = torch.device("cpu") if offload else device
-    layout = diffusers_folders(model)
+    layout = diffusers_folders(model) or diffusers_folders(fetch_diffusers_repo(str(model), root, offline))
     if layout is not None:
         variant, folders = layout.variant_for(variant), layout.folders
         silence = layout.silence()
@@ -143,9 +143,40 @@ class DiffusersFolders:
         return value[0]
 
 
-def diffusers_folders(model: str | Path) -> DiffusersFolders | None:
+DIFFUSERS_FILES = ("model_index.json", "*/config.json", "*/*.safetensors", "*/*.safetensors.index.json",
+                   "tokenizer/*", "scheduler/*")
+
+
+def fetch_diffusers_repo(repo_id: str, root: str | Path, offline: bool) -> Path | None:
+    """A hub repository in the diffusers layout (one with a `model_index.json`), its JSON and
+    safetensors files downloaded into `root/<owner>--<name>` (offline: that copy, if complete).
+    None for a local path, a repository of the official table, or one without `model_index.json`
+    (the official resolver then reports what is missing). Files are not checked against pinned
+    checksums: the table pins only the official layout."""
+    official = {c.repo_id for c in hub.COMPONENTS.values()}
+    if repo_id in official or repo_id.count("/") != 1 or Path(repo_id).expanduser().exists():
+        return None
+    target = Path(root).expanduser() / repo_id.replace("/", "--")
+    if offline:
+        return target if (target / diffusers_map.MODEL_INDEX).is_file() else None
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        if not HfApi().file_exists(repo_id, diffusers_map.MODEL_INDEX):
+            return None
+        snapshot_download(repo_id, local_dir=str(target), allow_patterns=list(DIFFUSERS_FILES))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        log.info("%s: not read as a diffusers repository (%s)", repo_id, exc)
+        return None
+    return target
+
+
+def diffusers_folders(model: str | Path | None) -> DiffusersFolders | None:
     """The diffusers layout of `model` when it is a local folder with a `model_index.json` (else
-    None: an official root or a hub id)."""
+    None: an official root, a hub id or None)."""
+    if model is None:
+        return None
     local = Path(str(model)).expanduser()
     if not (local / diffusers_map.MODEL_INDEX).is_file():
         return None

@@ -151,3 +151,37 @@ def test_our_writer_round_trips_and_keeps_extra_fields(tiny_tree, tmp_path):
         data.pop(name)
     config.write_text(json.dumps(data))
     assert load_dit(out).config.timbre_fix_frame == 750
+
+
+def test_a_hub_repository_in_the_diffusers_layout(diffusers_tree, tmp_path, monkeypatch):
+    """A hub id whose repository has a model_index.json is downloaded (JSON and safetensors only)
+    into root/<owner>--<name> and loaded as a diffusers tree; offline, that copy is used with no
+    hub call. (The hub is simulated: this machine has no network.)"""
+    import shutil
+
+    import huggingface_hub
+
+    from songstep.pipeline.components import load_components
+
+    calls = []
+
+    def file_exists(self, repo_id, filename, **kwargs):
+        calls.append(("exists", repo_id, filename))
+        return repo_id == "someone/tiny-diffusers"
+
+    def snapshot_download(repo_id, *, local_dir, allow_patterns, **kwargs):
+        calls.append(("snapshot", repo_id, tuple(allow_patterns)))
+        shutil.copytree(diffusers_tree, local_dir)
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "file_exists", file_exists)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    comps = load_components("someone/tiny-diffusers", device="cpu", root=tmp_path)
+    target = tmp_path / "someone--tiny-diffusers"
+    assert comps.variant == "turbo" and comps.folders["vae"] == target / "vae"
+    assert [c[0] for c in calls] == ["exists", "snapshot"] and "model_index.json" in calls[1][2]
+    reference = load_dit(diffusers_tree)
+    assert all(torch.equal(comps.dit.state_dict()[k], v) for k, v in reference.state_dict().items())
+    calls.clear()
+    again = load_components("someone/tiny-diffusers", device="cpu", root=tmp_path, offline=True)
+    assert again.folders["text-encoder"] == target / "text_encoder" and calls == []

@@ -282,7 +282,7 @@ def main(argv=None) -> dict:
         lm = _build(args, write_tiny_lm(Path(tmp) / "lm", **VLLM_TINY))  # one tiny shape for every runner
         load_s = time.perf_counter() - start
         log.info("model ready in %.1f s", load_s)
-        restricted = not args.full_head and lm.backend.restricted_head  # vLLM: always the full head
+        restricted = not args.full_head and lm.backend.capabilities.restricted_head  # vLLM: always the full head
         measured = _measure(args, lm, restricted)
         dtype = _meta_model(lm).dtype if lm.model is None else lm.model.dtype
     report = {

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="installed components, device, free memory and GPU tier")
     _verbosity(i)
     i.add_argument("--root", default="checkpoints")
-    i.add_argument("--model", default=None, help="also inspect this checkpoints folder or repo")
+    i.add_argument("--model", default=None, help="also inspect this checkpoints folder (official or diffusers layout) or repo")
     i.add_argument("--device", default=None)
     from songstep.server import cli as server_cli  # `songstep serve` (its heavy imports are lazy)
 
@@ -472,10 +472,10 @@ def run_info(args: argparse.Namespace) -> int:
         folder = root / comp.folder
         installed[comp.name] = str(folder) if folder.is_dir() else None
     info["checkpoints"] = {"root": str(root), "installed": installed}
-    if args.model is not None:
+    if args.model:
         from songstep.pipeline.components import describe_model
 
-        info["model"] = describe_model(args.model, root=args.root)
+        info["model"] = describe_model(args.model, root=root)
     print(json.dumps(info, indent=2, ensure_ascii=False))
     return 0
 

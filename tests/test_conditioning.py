@@ -19,10 +19,10 @@ from songstep.conditioning import (
     window_mask,
 )
 from songstep.config import tiny_config
-from songstep.pipeline.plan import resolve
-from songstep.request import GenerationRequest
 from songstep.constants import HOP_LENGTH, SAMPLE_RATE
 from songstep.errors import InvalidRequest
+from songstep.pipeline.plan import resolve
+from songstep.request import GenerationRequest
 from songstep.tasks import TASKS, get_task
 
 TURBO = tiny_config(is_turbo=True)

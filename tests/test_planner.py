@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from songstep.request import GenerationRequest
 from songstep.constants import KEYSCALES, LANGUAGES, THINK_END
 from songstep.errors import InvalidRequest
+from songstep.models.lm import STEPWISE, WHOLE_REQUEST, stats_from_logits
 from songstep.planner import Planner, PlanOptions, SongDescription, phases, scoring
 from songstep.prompts import audio_code_ids, parse_lm_output
+from songstep.request import GenerationRequest
 
 pytest.importorskip("llguidance")  # the `grammar` extra: constrained metadata
 
@@ -256,6 +257,7 @@ class _ToyBackend:
     """Teacher-forced logits: a perfect predictor (logit 10 on the true next token) when the
     sequence holds a `|` (the codes are in the prompt), else uniform."""
 
+    capabilities = STEPWISE
     vocab_size = 257
     device = torch.device("cpu")
 
@@ -266,8 +268,22 @@ class _ToyBackend:
         return out
 
 
-def test_score_codes_against_a_hand_computation():
-    lm = SimpleNamespace(tokenizer=_ToyTokenizer(), backend=_ToyBackend(),
+class _ToyStatsBackend(_ToyBackend):
+    """The same predictor behind the whole-request interface: scoring must read `target_stats`."""
+
+    capabilities = WHOLE_REQUEST
+
+    def target_stats(self, ids, start):
+        logits = _ToyBackend.logits(self, torch.tensor([ids]))[0]
+        return stats_from_logits(logits[start - 1 : -1], torch.tensor(ids[start:]))
+
+    def logits(self, ids, mask=None):
+        raise AssertionError("a backend without full_logits is never asked for logits")
+
+
+@pytest.mark.parametrize("backend", [_ToyBackend, _ToyStatsBackend])
+def test_score_codes_against_a_hand_computation(backend):
+    lm = SimpleNamespace(tokenizer=_ToyTokenizer(), backend=backend(),
                          encode=lambda text: [ord(ch) % 257 for ch in text])
     score = scoring.score_codes(SimpleNamespace(lm=lm), "<|audio_code_7|><|audio_code_9|>", caption="calm piano",
                                 lyrics="la la", metadata={"bpm": 120, "language": "en", "genres": None}, scale=0.5)

@@ -19,40 +19,20 @@ from safetensors import SafetensorError, safe_open
 
 from songstep.config import DiTConfig
 from songstep.errors import CheckpointError, ModelNotFound
+from songstep.loading import diffusers_map
+from songstep.loading.files import INDEX_NAME, WEIGHTS_NAME, weight_files
 from songstep.models.dit import DiTModel
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
+__all__ = ["INDEX_NAME", "WEIGHTS_NAME", "default_dtype", "load_dit", "read_tensors", "save_dit", "weight_files"]
+
 CONFIG_NAME = "config.json"
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
     """bf16 on CUDA, fp32 elsewhere (upstream's choice)."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def weight_files(folder: Path, weights_name: str = WEIGHTS_NAME, index_name: str = INDEX_NAME) -> list[Path]:
-    """The safetensors files of a folder, in index order: one `weights_name` file, or the shards
-    that `index_name` lists (each must exist)."""
-    single, index = folder / weights_name, folder / index_name
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            names = list(dict.fromkeys(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: unreadable shard index ({e})") from e
-        if not names:
-            raise CheckpointError(f"{index}: empty weight_map")
-        files = [folder / str(n) for n in names]
-        for f in files:
-            if not f.is_file():
-                raise CheckpointError(f"{index}: shard {f.name} listed but missing")
-        return files
-    if single.is_file():
-        return [single]
-    raise CheckpointError(f"{folder}: no {weights_name} or {index_name}")
 
 
 def read_tensors(
@@ -133,8 +113,6 @@ def load_dit(
     if not folder.is_dir():
         raise ModelNotFound(f"{folder}: not a checkpoint directory")
     dtype = dtype or default_dtype(device)
-    from songstep.loading import diffusers_map
-
     if diffusers_map.is_diffusers_layout(folder):
         config, files, rename = diffusers_map.plan(folder)
     else:
@@ -147,6 +125,16 @@ def load_dit(
     return assemble(model, tensors)
 
 
+XL_ONLY_FIELDS = ("encoder_hidden_size", "encoder_intermediate_size", "encoder_num_attention_heads",
+                  "encoder_num_key_value_heads")
+
+
+def official_config(config: DiTConfig) -> dict:
+    """`config` as the official config.json holds it: the 2B configs omit the XL-only `encoder_*`
+    fields (a `null` there breaks diffusers' converter, which reads them with `.get(key, default)`)."""
+    return {k: v for k, v in config.to_dict().items() if not (k in XL_ONLY_FIELDS and v is None)}
+
+
 def save_dit(model: DiTModel, folder: str | Path, *, dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> None:
     """Write a model in the official layout: config.json + model.safetensors, or shards with an
     index when `max_shard_bytes` is given (used for tiny test checkpoints)."""
@@ -154,7 +142,7 @@ def save_dit(model: DiTModel, folder: str | Path, *, dtype: torch.dtype | None =
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2), encoding="utf-8")
+    (folder / CONFIG_NAME).write_text(json.dumps(official_config(model.config), indent=2), encoding="utf-8")
     sd = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in sorted(model.state_dict().items())}
     if not max_shard_bytes:
         save_file(sd, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})

@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 
 from songstep.config import DiTConfig
 from songstep.errors import CheckpointError
-from songstep.loading.checkpoint import weight_files
+from songstep.loading.files import weight_files
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 SILENCE_KEY = "silence_latent"
+# Our config fields that diffusers' configs have no place for: written into transformer/config.json
+# as extra keys by `songstep.loading.diffusers_export`, read back here; a folder without them (one
+# diffusers' converter wrote) gets upstream's values, the DiTConfig defaults (timbre_fix_frame 750:
+# the 30 s of silence latent that diffusers' pipeline also uses).
+EXTRA_FIELDS = ("timbre_fix_frame", "timestep_mu", "timestep_sigma", "data_proportion")
 
 
 @dataclass(frozen=True)
@@ -352,9 +357,22 @@ def config_from_components(loaded: dict[Component, _Loaded]) -> DiTConfig:
             encoder_num_attention_heads=ce["num_attention_heads"],
             encoder_num_key_value_heads=ce["num_key_value_heads"],
         )
+    fields.update(_extra_fields(tr))
     cfg = DiTConfig(**fields)
     _check_layer_types(cfg, loaded)
     return cfg
+
+
+def _extra_fields(tr: _Loaded) -> dict[str, Any]:
+    """`EXTRA_FIELDS` present in the transformer's config (checked), else left to the defaults."""
+    out = {name: tr.values[name] for name in EXTRA_FIELDS if name in tr.values}
+    frames = out.get("timbre_fix_frame")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
+        raise CheckpointError(f"{tr.path}: timbre_fix_frame must be a positive integer, got {frames!r}")
+    for name in EXTRA_FIELDS[1:]:
+        if name in out and (isinstance(out[name], bool) or not isinstance(out[name], int | float)):
+            raise CheckpointError(f"{tr.path}: {name} must be a number, got {out[name]!r}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------

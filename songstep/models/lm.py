@@ -1,9 +1,10 @@
-"""Adapter over the Qwen3 planner LM (`acestep-5Hz-lm-{0.6B,1.7B,4B}`), spec pipeline.md §1.4, §5.
+"""Adapter over the Qwen3 planner LM (`acestep-5Hz-lm-{0.6B,1.7B,4B}`), the planner of ACE-Step 1.5.
 
 * `load_lm(path)` loads the folder through transformers (`AutoTokenizer`,
   `AutoModelForCausalLM`, never remote code; bf16 on CUDA, fp32 on CPU unless asked otherwise)
   and finds the audio-code token range (`AudioCodeVocab`).
-* `LMBackend` is the small interface the decode loop (`songstep.sampling.lm`) drives:
+* `LMBackend` is what every planner runtime implements, with its `LMCapabilities` declared;
+  `StepwiseBackend` adds what the decode loop (`songstep.sampling.lm`) drives token by token:
   `prefill(ids, mask, max_new_tokens=, head=)` returns a session and the last-position logits;
   `session.step(tokens)` feeds one token per row and returns the next logits. Rows may be
   left-padded (CFG cond + uncond in one batch): position ids follow the attention mask.
@@ -12,8 +13,9 @@
 * `TransformersBackend` implements it: transformers' forward with a dynamic KV cache (CPU
   default), or on CUDA our static-shape Qwen3 runner (`songstep.models.lm_static`) with a
   preallocated cache, a compiled one-token step and CUDA graphs.
-* `VLLMBackend` (`songstep.models.lm_vllm`, the `[vllm]` extra) runs whole requests on a vLLM
-  engine; the decode loop steers each of its sampling steps through a row hook.
+* `VLLMBackend` (`songstep.models.lm_vllm`, the `[vllm]` extra) is a `RequestBackend`: it runs
+  whole requests on a vLLM engine; the decode loop steers each of its sampling steps through a
+  row hook. It has no `prefill`/`logits` at all (its capabilities say so).
 """
 
 from __future__ import annotations
@@ -24,13 +26,25 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from songstep.constants import AUDIO_CODE_COUNT, AUDIO_CODE_TOKEN, ENDOFTEXT, THINK_END, THINK_START
 from songstep.errors import CheckpointError, SongstepError
 from songstep.models.folders import component_folder
+from songstep.models.lm_backend import (
+    STEPWISE,
+    WHOLE_REQUEST,
+    HeadRows,
+    LMBackend,
+    LMCapabilities,
+    LMSession,
+    RequestBackend,
+    StepwiseBackend,
+    head_columns,
+    stats_from_logits,
+)
 from songstep.models.lm_static import (
     StaticQwen3,
     StaticState,
@@ -40,15 +54,13 @@ from songstep.models.lm_static import (
 
 logger = logging.getLogger(__name__)
 
-HeadRows = tuple[tuple[int, int], ...]  # half-open [start, stop) vocabulary row ranges, in column order
+__all__ = [
+    "STEPWISE", "WHOLE_REQUEST", "AudioCodeVocab", "HeadRows", "LMBackend", "LMCapabilities", "LMSession",
+    "PlannerLM", "RequestBackend", "StepwiseBackend", "TransformersBackend", "head_columns", "load_lm",
+    "stats_from_logits",
+]
+
 MAX_CODE_TOKENS = 65_535  # the official LMs add <|audio_code_0|> … <|audio_code_65534|>
-
-
-def head_columns(rows: HeadRows | None, vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Token id of every logits column for a (restricted) head; the identity for `None`."""
-    if rows is None:
-        return torch.arange(vocab_size, device=device)
-    return torch.cat([torch.arange(a, b, device=device) for a, b in rows])
 
 
 @dataclass(frozen=True)
@@ -122,44 +134,8 @@ def pad_left(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.devi
     return ids.to(device), mask.to(device)
 
 
-class LMSession(Protocol):
-    """One generation's KV state. `step` takes one token per row ([B] long) and returns the
-    next float32 logits [B, columns]."""
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
-
-
-class LMBackend(Protocol):
-    """What the decode loop needs from a planner LM runtime."""
-
-    vocab_size: int
-    device: torch.device
-    restricted_head: bool  # whether `prefill(head=...)` can restrict the LM head to some rows
-
-    def prefill(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        *,
-        max_new_tokens: int,
-        head: HeadRows | None = None,
-    ) -> tuple[LMSession, torch.Tensor]:
-        """Run the (left-padded) prompts; return a session and float32 logits [B, columns] for
-        the next token. With `head`, columns follow `head_columns(head)`."""
-        ...
-
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced float32 logits [B, L, vocab] (scoring, spec §7.1)."""
-        ...
-
-    def release(self) -> int:
-        """Free preallocated KV caches (and their CUDA graphs); return the bytes freed. Live
-        sessions become stale. The next prefill allocates again."""
-        ...
-
-
 class TransformersBackend:
-    """`LMBackend` over a transformers `Qwen3ForCausalLM`.
+    """`StepwiseBackend` over a transformers `Qwen3ForCausalLM`.
 
     Two runners, chosen by `static_cache` (default: on CUDA, for configs the static runner
     supports):
@@ -176,7 +152,7 @@ class TransformersBackend:
     The runner is built on first use, from the parameters the model holds then.
     """
 
-    restricted_head = True
+    capabilities = STEPWISE
 
     def __init__(
         self,
@@ -252,6 +228,12 @@ class TransformersBackend:
             return 0
         return self._runner.release()
 
+    def target_stats(self, ids: Sequence[int], start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 < start <= len(ids):
+            raise SongstepError(f"target start {start} outside the {len(ids)} ids")
+        logits = self.logits(torch.tensor([list(ids)], dtype=torch.long))[0]
+        return stats_from_logits(logits[start - 1 : -1].cpu(), torch.tensor(list(ids[start:]), dtype=torch.long))
+
     @torch.inference_mode()
     def logits(self, input_ids, attention_mask=None):
         ids = input_ids.to(self.device)
@@ -307,7 +289,7 @@ class PlannerLM:
 
     tokenizer: Any
     model: torch.nn.Module | None  # None on the vLLM backend (the engine holds the weights)
-    backend: LMBackend
+    backend: StepwiseBackend | RequestBackend
     codes: AudioCodeVocab
     path: Path
 

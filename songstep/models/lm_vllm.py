@@ -15,7 +15,9 @@ number of draws). A pair is only in lock-step while both rows are in every batch
 are grouped to fit the scheduler's token budget and the KV cache (no chunked or split prefill,
 no preemption); the hook reports a pair that fell out of step, and the caller raises.
 
-The hooks live in this process: the engine must run in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
+Each `generate` call registers its hook under a fresh key in the backend's own `HookRegistry`
+(per-request state, removed when the call ends); the engine's logits processor looks rows up
+there. The hooks live in this process: the engine must run in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
 single-worker executor), and on vLLM's V1 model runner, whose logits processors see each
 request's output tokens on the host (`VLLM_USE_V2_MODEL_RUNNER=0`; Model Runner V2, vLLM's
 default on CUDA, has another processor interface); `VLLMBackend` sets both before building the
@@ -36,20 +38,47 @@ from typing import Any
 import torch
 
 from songstep.errors import SongstepError
+from songstep.models.lm_backend import WHOLE_REQUEST
 
 logger = logging.getLogger(__name__)
 
-# key -> hook(logits [N, V] float32, rows {role: (batch index, output token ids)}); one key per
-# generate call, roles "cond:i" / "uncond:i" for its request i
+# hook(logits [N, V] float32, rows {role: (batch index, output token ids)}); roles "cond:i" /
+# "uncond:i" for request i of one generate call
 RowHook = Callable[[torch.Tensor, dict[str, tuple[int, list[int]]]], None]
-_HOOKS: dict[str, RowHook] = {}
 KEY_ARG, ROLE_ARG = "songstep_row", "songstep_role"
 COND, UNCOND = "cond", "uncond"
 
 
-def _hook_processor_class():
-    """vLLM's `LogitsProcessor` subclass that dispatches batch rows to the registered hooks.
-    Built lazily so that importing this module does not import vllm."""
+class HookRegistry:
+    """The row hooks of one engine's running `generate` calls, by key. Each `VLLMBackend` owns
+    one and hands it to its engine's logits processor, so nothing lives at module level and two
+    engines in one process never see each other's hooks."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[str, RowHook] = {}
+
+    def get(self, key: str) -> RowHook | None:
+        return self._hooks.get(key)
+
+    @contextmanager
+    def active(self, key: str, hook: RowHook) -> Iterator[None]:
+        """Register `hook` under `key` for the duration of one generation."""
+        if key in self._hooks:
+            raise SongstepError(f"row hook {key!r} is already registered")
+        self._hooks[key] = hook
+        try:
+            yield
+        finally:
+            self._hooks.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._hooks)
+
+
+def _hook_processor_class(registry: HookRegistry):
+    """vLLM's `LogitsProcessor` subclass that dispatches batch rows to `registry`'s hooks.
+    Built lazily (importing this module does not import vllm), one class per backend: vLLM
+    instantiates the class itself, so the registry travels in the class's closure."""
     from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
     class RowHookProcessor(LogitsProcessor):
@@ -86,7 +115,7 @@ def _hook_processor_class():
                 if index < logits.shape[0]:
                     groups.setdefault(key, {})[role] = (index, output)
             for key, rows in groups.items():
-                hook = _HOOKS.get(key)
+                hook = registry.get(key)
                 if hook is not None:
                     hook(logits, rows)
             return logits
@@ -110,17 +139,6 @@ def isolated_rng() -> Iterator[None]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-@contextmanager
-def row_hooks(hooks: dict[str, RowHook]) -> Iterator[None]:
-    """Register `hooks` for the duration of a generation."""
-    _HOOKS.update(hooks)
-    try:
-        yield
-    finally:
-        for key in hooks:
-            _HOOKS.pop(key, None)
 
 
 @dataclass
@@ -167,7 +185,9 @@ class VLLMBackend:
     loaded). `engine_kwargs` go to `vllm.LLM` (e.g. `enforce_eager`, `load_format`).
     AutoScore reads `target_stats` (vLLM's prompt logprobs) instead of full logits."""
 
-    restricted_head = False  # vLLM computes the full LM head; constraints see full-vocab logits
+    # whole requests only (no prefill/step, no full teacher-forced logits); vLLM computes the full
+    # LM head, so constraints see full-vocabulary logits
+    capabilities = WHOLE_REQUEST
 
     def __init__(
         self,
@@ -190,6 +210,7 @@ class VLLMBackend:
         from transformers import AutoConfig
         from vllm import LLM
 
+        self.hooks = HookRegistry()  # the running generate calls' row hooks
         config = AutoConfig.from_pretrained(path)
         self.max_rows = int(max_rows)
         self.max_model_len = int(max_model_len)
@@ -209,7 +230,7 @@ class VLLMBackend:
             max_num_seqs=self.max_rows,
             max_num_batched_tokens=self.max_batched_tokens,
             kv_cache_memory_bytes=self.kv_cache_bytes,
-            logits_processors=[_hook_processor_class()],
+            logits_processors=[_hook_processor_class(self.hooks)],
             enable_prefix_caching=True,
             distributed_executor_backend="uni",
             enforce_eager=(not on_cuda) if enforce_eager is None else enforce_eager,
@@ -234,15 +255,7 @@ class VLLMBackend:
             Path(path).name, self.max_rows, self.max_model_len, self.kv_cache_bytes / 1e9, self.kv_tokens,
         )
 
-    # -- the LMBackend protocol parts that make sense here ----------------------------------------
-
-    def prefill(self, *args: Any, **kwargs: Any):
-        raise NotImplementedError("the vLLM backend has no step-wise decoding; use generate()")
-
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        raise SongstepError(
-            "the vLLM backend gives no full teacher-forced logits; AutoScore uses target_stats"
-        )
+    # -- the LMBackend protocol --------------------------------------------------------------
 
     def target_stats(self, ids: Sequence[int], start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced log-probability and rank (1 = argmax, over the full vocabulary) of
@@ -321,7 +334,7 @@ class VLLMBackend:
         results = [VLLMOutput(tokens=[]) for _ in requests]
         index = {id(r): i for i, r in enumerate(requests)}
         engine = self.llm.llm_engine
-        with isolated_rng(), row_hooks({key: hook}):
+        with isolated_rng(), self.hooks.active(key, hook):
             for group in self.groups(requests):
                 ids: dict[str, tuple[int, str]] = {}
                 try:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from songstep.constants import CAPTION_MAX_TOKENS, LYRICS_MAX_TOKENS, TEXT_PAD_ID
-from songstep.errors import CheckpointError, InvalidRequest
+from songstep.errors import CheckpointError, InvalidRequest, ModelNotFound
 from songstep.models.folders import component_folder
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,18 @@ class TextEncoder:
         path: str | Path,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        tokenizer_path: str | Path | None = None,
     ) -> TextEncoder:
-        """Load model (`AutoModel`, no LM head) and tokenizer (`AutoTokenizer`) from one folder."""
+        """Load model (`AutoModel`, no LM head) and tokenizer (`AutoTokenizer`) from one folder (the
+        official `Qwen3-Embedding-0.6B/`), or the tokenizer from `tokenizer_path` (the diffusers
+        layout's `text_encoder/` + `tokenizer/`)."""
         from transformers import AutoModel, AutoTokenizer
 
+        tok_path = Path(tokenizer_path or path)
+        if not any((tok_path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            raise ModelNotFound(f"no text tokenizer at {tok_path} (tokenizer.json missing)")
         with component_folder(path, "text encoder") as path:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=False, local_files_only=True)
             model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False, local_files_only=True)
         logger.info("loaded text encoder from %s (%s, %s)", path, device, dtype)
         return cls(model.to(device=device, dtype=dtype), tokenizer)

@@ -133,6 +133,11 @@ class Planner:
     def name(self) -> str:
         return self.lm.path.name
 
+    def release(self) -> int:
+        """Free what the LM backend holds between requests (KV caches, CUDA graphs, vLLM's
+        prefix cache); the bytes freed. The next plan allocates again."""
+        return self.lm.backend.release()
+
     # -- shared helpers ----------------------------------------------------------------------
     def encode_prompt(self, prompt: ChatPrompt) -> list[int]:
         return self.lm.encode(render_chat_prompt(self.lm.tokenizer, prompt))
@@ -142,10 +147,6 @@ class Planner:
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.lm.backend.device).manual_seed(int(seed))
-
-    def release(self) -> int:
-        """Free the LM's cached decoding memory (KV cache); returns the bytes freed."""
-        return self.lm.backend.release()
 
     def max_duration_for(self, opts: PlanOptions) -> float:
         return min(self.max_duration, opts.max_duration) if opts.max_duration else self.max_duration

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -18,6 +18,7 @@ from songstep.constants import AUDIO_CODE_TOKEN, CODE_RATE
 from songstep.models.lm import AudioCodeVocab, head_columns
 from songstep.planner.types import (
     UNKNOWN_LANGUAGE,
+    PlannerHost,
     PlanOptions,
     valid_bpm,
     valid_duration,
@@ -40,9 +41,6 @@ from songstep.request import GenerationRequest, normalize_timesignature
 from songstep.sampling.flow import ProgressFn
 from songstep.sampling.grammar import CodeConstraint, MetadataSpec, target_codes
 from songstep.sampling.lm import DecodeRow, SamplingParams, decode
-
-if TYPE_CHECKING:
-    from songstep.planner.core import Planner
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +97,7 @@ def sampling(opts: PlanOptions, *, cfg: bool) -> SamplingParams:
 
 
 def run_phase1(
-    planner: Planner, request: GenerationRequest, generators: Sequence[torch.Generator], opts: PlanOptions,
+    planner: PlannerHost, request: GenerationRequest, generators: Sequence[torch.Generator], opts: PlanOptions,
     progress: ProgressFn | None = None,
 ) -> list[tuple[str, LMOutput]]:
     """Phase 1 for every item: (raw text, parsed output). Stops at the end of the metadata block
@@ -178,7 +176,7 @@ def codes_text(codes: AudioCodeVocab, tokens: Sequence[int]) -> str:
     return "".join(AUDIO_CODE_TOKEN.format(codes.code(t)) for t in tokens)
 
 
-def _phase2_prompts(planner: Planner, request: GenerationRequest, cot: str, opts: PlanOptions):
+def _phase2_prompts(planner: PlannerHost, request: GenerationRequest, cot: str, opts: PlanOptions):
     caption, lyrics = request.caption, lm_lyrics(request)
     cond = planner.encode_prompt(build_phase2_prompt(caption, lyrics, cot, legacy=opts.legacy_prompts))
     if opts.cfg_scale == 1.0:
@@ -190,7 +188,7 @@ def _phase2_prompts(planner: Planner, request: GenerationRequest, cot: str, opts
 
 
 def run_phase2(
-    planner: Planner,
+    planner: PlannerHost,
     request: GenerationRequest,
     items: Sequence[tuple[dict[str, Any], torch.Generator]],
     opts: PlanOptions,
@@ -198,7 +196,7 @@ def run_phase2(
 ) -> list[str]:
     """Phase 2 for every (metadata, generator) item, CFG rows batched: the code strings."""
     lm = planner.lm
-    head = lm.codes.head_rows() if lm.backend.restricted_head else None
+    head = lm.codes.head_rows() if lm.backend.capabilities.restricted_head else None
     columns = head_columns(head, lm.backend.vocab_size, lm.backend.device)
     valid = range(lm.codes.first_id, lm.codes.first_id + lm.codes.valid)
     rows, caps = [], []

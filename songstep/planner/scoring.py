@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
 
-from songstep.planner.types import Score
+from songstep.planner.types import PlannerHost, Score
 from songstep.prompts import build_understand_prompt, cot_items, render_chat_prompt
-
-if TYPE_CHECKING:
-    from songstep.planner.core import Planner
 
 METADATA_KEYS = ("bpm", "duration", "genres", "keyscale", "language", "timesignature")
 WEIGHTS = {"caption": 0.5, "lyrics": 0.3, "metadata": 0.2}
@@ -128,10 +125,11 @@ class Forced:
 
 
 class TeacherForcer:
-    """The LM's view of a target text after a prompt: the backend's teacher-forced logits, or
-    (a backend with `target_stats`, e.g. vLLM) the targets' log-probabilities and ranks."""
+    """The LM's view of a target text after a prompt: the backend's teacher-forced logits when its
+    capabilities say it has them (`full_logits`), else (vLLM) its `target_stats`, the targets'
+    log-probabilities and ranks."""
 
-    def __init__(self, planner: Planner):
+    def __init__(self, planner: PlannerHost):
         self.planner = planner
 
     def __call__(self, prompt: str, target: str) -> Forced:
@@ -141,9 +139,8 @@ class TeacherForcer:
         targets = torch.tensor(ids[prompt_len:], dtype=torch.long)
         if len(ids) <= prompt_len:
             return Forced(torch.empty(0, lm.backend.vocab_size), targets)
-        stats = getattr(lm.backend, "target_stats", None)
-        if stats is not None:
-            log_probs, ranks = stats(ids, prompt_len)
+        if not lm.backend.capabilities.full_logits:
+            log_probs, ranks = lm.backend.target_stats(ids, prompt_len)
             return Forced(targets=targets, log_probs=log_probs, ranks=ranks)
         logits = lm.backend.logits(torch.tensor([ids], dtype=torch.long))[0]
         return Forced(logits[prompt_len - 1 : -1].float().cpu(), targets)
@@ -157,7 +154,7 @@ def _pmi(forcer: TeacherForcer, cond: str, uncond: str, target: str, scale: floa
 
 
 def score_codes(
-    planner: Planner,
+    planner: PlannerHost,
     audio_codes: str,
     *,
     caption: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from songstep.constants import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -19,6 +19,13 @@ from songstep.constants import (
 from songstep.errors import InvalidRequest
 from songstep.prompts import LMOutput, audio_code_ids
 from songstep.request import GenerationRequest, normalize_timesignature
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from songstep.models.lm import PlannerLM
+    from songstep.prompts import ChatPrompt
+    from songstep.sampling.grammar import MetadataSpec
 
 UNKNOWN_LANGUAGE = "unknown"
 
@@ -216,3 +223,24 @@ def describe(out: LMOutput, text: str, *, instrumental: bool = False, lyrics: st
         instrumental=instrumental,
         text=text,
     )
+
+
+class PlannerHost(Protocol):
+    """What the phase functions (`songstep.planner.phases`) and AutoScore
+    (`songstep.planner.scoring`) use of a `songstep.planner.Planner`. Declared here so that those
+    modules depend on this interface, not on `planner.core`, which imports them (no cycle)."""
+
+    lm: PlannerLM
+    caption_max_tokens: int
+
+    def encode_prompt(self, prompt: ChatPrompt) -> list[int]: ...
+
+    def decode_text(self, tokens: Sequence[int]) -> str: ...
+
+    def max_duration_for(self, opts: PlanOptions) -> float: ...
+
+    def cot_token_cap(self, constrained: bool) -> int: ...
+
+    def code_token_cap(self, target: int | None, opts: PlanOptions) -> int: ...
+
+    def metadata_constraint(self, spec: MetadataSpec, constrained: bool = True) -> Any: ...

@@ -1,8 +1,8 @@
-"""`decode` on the vLLM backend (`songstep.models.lm_vllm`): the same logits processing per step
+"""`decode` on a whole-request backend (vLLM, `songstep.models.lm_vllm`): the same logits processing per step
 as the transformers path, applied inside vLLM's sampler through a row hook.
 
-Every step, for all rows of the batch at once and with the host loop's own code (`_Step.combine`
-and `_Step.mask` of `songstep.sampling.lm`, then `filter_logits`): CFG combine in fp32 →
+Every step, for all rows of the batch at once and with the host loop's own code (`Step.combine`
+and `Step.mask` of `songstep.sampling.lm_steps`, then `filter_logits`): CFG combine in fp32 →
 constraint mask → repetition penalty → top-k → top-p on the untempered logits; a greedy
 constraint step keeps only the argmax. vLLM then applies the temperature and samples with each
 row's seed (its own sampler: the distribution is the transformers path's, the draw is not, so
@@ -19,14 +19,14 @@ from collections.abc import Sequence
 import torch
 
 from songstep.errors import SongstepError
-from songstep.models.lm_vllm import COND, UNCOND, VLLMBackend, VLLMRequest
+from songstep.models.lm_backend import RequestBackend
+from songstep.models.lm_vllm import COND, UNCOND, VLLMRequest
 from songstep.sampling.flow import ProgressFn
-from songstep.sampling.lm import DecodeResult, _Reporter, _Step, filter_logits
+from songstep.sampling.lm_steps import NEG_INF, DecodeResult, Reporter, Step, filter_logits
 
 logger = logging.getLogger(__name__)
 
 SEED_RANGE = 2**31 - 1
-NEG_INF = float("-inf")
 
 
 def row_seed(generator: torch.Generator | None) -> int:
@@ -104,7 +104,7 @@ class _Steer:
         cond = torch.tensor([c for _, c, _ in live], device=logits.device)
         uncond = torch.tensor([u for _, _, u in live], device=logits.device) if self.params.uses_cfg else None
         stacked = logits[cond] if uncond is None else torch.cat([logits[cond], logits[uncond]])
-        step = _Step(rows, self.params, None, self.eos_id)
+        step = Step(rows, self.params, None, self.eos_id)
         # the host loop's mask, without a device sync: a row whose constraint allows nothing is
         # left unmasked (finite sampling), remembered in `ok`, and reported after the run
         x, ok = step.mask(step.combine(stacked), [False] * len(rows))
@@ -143,7 +143,7 @@ class _Steer:
 
 
 def decode_vllm(
-    backend: VLLMBackend,
+    backend: RequestBackend,
     rows,
     params,
     *,
@@ -164,7 +164,7 @@ def decode_vllm(
         requests.append(VLLMRequest(row.prompt, uncond, row_seed(row.generator), min(max_new_tokens, room)))
     steer = _Steer(rows, params, eos_id)
     sampling = {"temperature": max(params.temperature, 0.0), "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
-    report = _Reporter(progress, (steps or max_new_tokens) * len(backend.groups(requests)))
+    report = Reporter(progress, (steps or max_new_tokens) * len(backend.groups(requests)))
     count = 0
 
     def on_step() -> None:

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from songstep.request import GenerationRequest
 from songstep.errors import InvalidRequest
+from songstep.request import GenerationRequest
 
 AUDIO_FORMATS = ("mp3", "wav", "flac", "ogg")
 _TUPLE_FIELDS = ("tracks", "cfg_interval", "timesteps")

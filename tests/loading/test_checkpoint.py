@@ -14,6 +14,8 @@ from songstep.errors import CheckpointError, ModelNotFound
 from songstep.loading.checkpoint import load_dit
 from songstep.testing.tiny import tiny_dit, write_tiny_dit
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
+
 
 @pytest.fixture(scope="module")
 def tiny_2b(tmp_path_factory) -> Path:
@@ -145,3 +147,21 @@ def test_no_pickle_in_loader() -> None:
 
     text = Path(mod.__file__).read_text()
     assert "torch.load" not in text and "trust_remote_code" not in text
+
+
+@pytest.mark.parametrize("family", ["turbo", "xl_turbo"])
+def test_saved_config_has_only_keys_upstream_writes(tmp_path, family) -> None:
+    """`save_dit` writes a subset of the keys upstream's own `AceStepConfig.to_dict()` wrote for the
+    reference fixtures, never a `null` where upstream has a value or omits the key (the 2B configs
+    omit the XL-only `encoder_*` fields); diffusers' converter reads those with
+    `config.get(key, config[fallback])`, which must give a number."""
+    fixture = json.loads((FIXTURES / "tiny" / family / "config.json").read_text())
+    write_tiny_dit(tmp_path, 0, xl=family.startswith("xl"))
+    ours = json.loads((tmp_path / "config.json").read_text())
+    assert set(ours) <= set(fixture), sorted(set(ours) - set(fixture))
+    assert all(fixture[k] is None for k, v in ours.items() if v is None)
+    for key, fallback in (("encoder_hidden_size", "hidden_size"), ("encoder_intermediate_size", "intermediate_size"),
+                          ("encoder_num_attention_heads", "num_attention_heads"),
+                          ("encoder_num_key_value_heads", "num_key_value_heads")):
+        assert isinstance(ours.get(key, ours[fallback]), int)
+        assert (key in ours) == (key in fixture)

@@ -138,3 +138,18 @@ def test_teacher_forced_logits_match_prefill(lm, prompts):
     full = lm.backend.logits(ids)
     assert full.shape == (1, len(prompts[0]), lm.backend.vocab_size)
     torch.testing.assert_close(full[0, -1], last[0], atol=1e-5, rtol=1e-5)
+
+
+def test_target_stats_of_the_stepwise_backend(lm, prompts):
+    """`target_stats` (the part of the protocol every backend has) from the teacher-forced logits:
+    log-softmax at each target and its rank among the full vocabulary."""
+    ids, start = list(prompts[0]), 3
+    log_probs, ranks = lm.backend.target_stats(ids, start)
+    full = torch.log_softmax(lm.backend.logits(torch.tensor([ids]))[0].float(), -1)
+    for k, pos in enumerate(range(start, len(ids))):
+        row = full[pos - 1]
+        assert log_probs[k].item() == pytest.approx(row[ids[pos]].item(), abs=1e-5)
+        assert ranks[k].item() == int((row > row[ids[pos]]).sum()) + 1
+    assert lm.backend.capabilities.step_wise and lm.backend.capabilities.full_logits
+    with pytest.raises(SongstepError, match="outside"):
+        lm.backend.target_stats(ids, 0)

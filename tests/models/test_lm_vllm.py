@@ -8,10 +8,10 @@ import torch
 
 pytest.importorskip("vllm")
 
-from songstep.request import GenerationRequest  # noqa: E402
-from songstep.errors import Cancelled, SongstepError  # noqa: E402
-from songstep.models.lm_vllm import COND, KEY_ARG, ROLE_ARG, UNCOND, _hook_processor_class  # noqa: E402
+from songstep.errors import Cancelled  # noqa: E402
+from songstep.models.lm_vllm import COND, KEY_ARG, ROLE_ARG, UNCOND, HookRegistry, _hook_processor_class  # noqa: E402
 from songstep.planner import Planner  # noqa: E402
+from songstep.request import GenerationRequest  # noqa: E402
 from songstep.testing.tiny_lm import write_tiny_lm  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -123,8 +123,10 @@ def test_autoscore_from_prompt_logprobs_matches_logits(on_vllm, on_hf):
         assert a.pmi[key] == pytest.approx(b.pmi[key], abs=1e-3)
     for key in ("bpm", "keyscale"):
         assert a.fields[key] == pytest.approx(b.fields[key], abs=1e-6)
-    with pytest.raises(SongstepError, match="target_stats"):
-        on_vllm.lm.backend.logits(torch.ones(1, 3, dtype=torch.long))
+    caps = on_vllm.lm.backend.capabilities
+    assert not caps.full_logits and not caps.step_wise and not caps.restricted_head
+    assert not hasattr(on_vllm.lm.backend, "logits") and not hasattr(on_vllm.lm.backend, "prefill")
+    assert len(on_vllm.lm.backend.hooks) == 0  # every generate call took its hook away again
 
 
 def test_engine_runs_in_process_on_the_v1_runner(on_vllm):
@@ -137,7 +139,7 @@ def test_row_hook_processor_tracks_batch_moves():
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-    proc = _hook_processor_class()(None, torch.device("cpu"), False)
+    proc = _hook_processor_class(HookRegistry())(None, torch.device("cpu"), False)
 
     def params(key, role):
         return SamplingParams(extra_args={KEY_ARG: key, ROLE_ARG: role})

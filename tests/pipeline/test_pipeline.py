@@ -186,8 +186,8 @@ def test_vae_decode_degrades_instead_of_failing(turbo, monkeypatch, failures, la
 
 
 def test_checkpoint_distilled_at_one_shift_defaults_to_it(turbo) -> None:
-    from songstep.request import GenerationRequest
     from songstep.pipeline.core import sampler_options
+    from songstep.request import GenerationRequest
 
     cfg = turbo.components.dit.config
     request = GenerationRequest(caption="x", duration=10)

@@ -8,13 +8,13 @@ import threading
 import pytest
 import torch
 
-from songstep.request import GenerationRequest
 from songstep.constants import HOP_LENGTH, SAMPLE_RATE
 from songstep.errors import InvalidRequest, ModelNotFound
 from songstep.pipeline import GenerationResult, Pipeline
 from songstep.pipeline.components import resolve_lm
 from songstep.planner import PlanOptions, Score, SongDescription
 from songstep.prompts import audio_code_ids
+from songstep.request import GenerationRequest
 
 pytest.importorskip("llguidance")
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from songstep.constants import KEYSCALES, LANGUAGES, THINK_END
 from songstep.errors import InvalidRequest, SongstepError
-from songstep.models.lm import head_columns
+from songstep.models.lm import STEPWISE, WHOLE_REQUEST, head_columns
 from songstep.prompts import build_phase1_prompt, parse_lm_output, render_chat_prompt
 from songstep.sampling.grammar import (
     CodeConstraint,
@@ -107,7 +107,9 @@ def test_sample_rows_uses_each_generator():
 
 
 class _FixedBackend:
-    """Backend stub returning fixed logits rows (cond rows first, then uncond rows)."""
+    """Step-wise backend stub returning fixed logits rows (cond rows first, then uncond rows)."""
+
+    capabilities = STEPWISE
 
     def __init__(self, logits):
         self.logits, self.vocab_size, self.device, self.batches = (
@@ -135,6 +137,53 @@ def test_decode_applies_cfg_before_choosing():
     assert out[0].tokens == [0, 0] and backend.batches == [2]
     with pytest.raises(InvalidRequest):
         decode(backend, [DecodeRow([5])], params, eos_id=3, pad_id=0, max_new_tokens=1)
+
+
+class _WholeRequestBackend:
+    """A `RequestBackend` stub in the shape of vLLM's: it runs each request to its end and asks
+    the row hook to process every step's raw logits (cond row 0, uncond row 1) before its own
+    greedy pick."""
+
+    capabilities = WHOLE_REQUEST
+    device = torch.device("cpu")
+    max_model_len = 64
+
+    def __init__(self, logits):
+        self.logits, self.vocab_size, self.calls = logits, logits.shape[-1], 0
+
+    def groups(self, requests):
+        return [list(requests)]
+
+    def generate(self, requests, sampling, hook, *, stop_token_id, on_step=None):
+        from songstep.models.lm_vllm import VLLMOutput
+
+        outputs = []
+        for i, req in enumerate(requests):
+            cond, uncond = [], []
+            while len(cond) < req.max_tokens and (not cond or cond[-1] != stop_token_id):
+                x = self.logits.clone()
+                hook(x, {f"cond:{i}": (0, list(cond)), f"uncond:{i}": (1, list(uncond))})
+                assert torch.equal(x[0], x[1])  # the pair gets the same processed logits
+                cond.append(int(x[0].argmax()))
+                uncond.append(cond[-1])
+                self.calls += 1
+            outputs.append(VLLMOutput(cond, uncond))
+        return outputs
+
+
+def test_decode_dispatches_on_declared_capabilities():
+    """A whole-request backend goes through the row-hook loop and gives the step-wise loop's
+    tokens (greedy, so the samplers' draws do not matter); neither needs the other's methods."""
+    cond, uncond = [1.0, 2.0, 0.0, -9.0], [0.0, 3.0, 0.0, -9.0]
+    params = SamplingParams(temperature=0.0, cfg_scale=2.0)
+    rows = [DecodeRow([5, 6], uncond_prompt=[7])]
+    whole = _WholeRequestBackend(torch.tensor([cond, uncond]))
+    assert not hasattr(whole, "prefill") and not hasattr(_FixedBackend, "generate")
+    out = decode(whole, rows, params, eos_id=3, pad_id=0, max_new_tokens=3)
+    stepwise = decode(_FixedBackend(torch.tensor([cond, uncond])), rows, params, eos_id=3, pad_id=0, max_new_tokens=3)
+    assert out[0].tokens == stepwise[0].tokens == [0, 0, 0] and whole.calls == 3
+    with pytest.raises(InvalidRequest, match="full LM head"):
+        decode(whole, rows, params, eos_id=3, pad_id=0, max_new_tokens=3, head=((0, 2),))
 
 
 class _Nothing:
@@ -484,9 +533,9 @@ def test_device_loop_gives_the_host_loops_tokens(lm, prompt, monkeypatch, target
 @pytest.mark.parametrize("code_phase", [False, True])
 def test_progress_reports_tokens(lm, vocab, prompt, monkeypatch, code_phase):
     """Every PROGRESS_EVERY steps and once at the end (done == total), in both loops."""
-    import songstep.sampling.lm as lm_sampling
+    import songstep.sampling.lm_steps as lm_steps
 
-    monkeypatch.setattr(lm_sampling, "PROGRESS_EVERY", 4)
+    monkeypatch.setattr(lm_steps, "PROGRESS_EVERY", 4)  # what both decode loops' Reporter reads
     if code_phase:
         rows = [DecodeRow(prompt, prompt[:5], CodeConstraint(_code_range(lm), lm.eos_id, 10,
                                                              vocab_size=lm.backend.vocab_size),

@@ -149,6 +149,23 @@ def _grouping_backend(max_rows=4, max_model_len=100, kv_tokens=400, block=16):
     return backend
 
 
+def test_hooks_are_per_backend_and_per_call():
+    """Row hooks live in each backend's own registry, only while their generate call runs."""
+    from songstep.models.lm_vllm import HookRegistry
+
+    a, b = HookRegistry(), HookRegistry()
+    seen = []
+    with a.active("k", lambda logits, rows: seen.append(rows)):
+        assert a.get("k") is not None and b.get("k") is None and len(a) == 1
+        with pytest.raises(SongstepError, match="already registered"):
+            with a.active("k", lambda logits, rows: None):
+                pass
+        assert a.get("k") is not None  # the refused registration left the running one alone
+    assert a.get("k") is None and len(a) == 0
+    assert not hasattr(VLLMBackend, "prefill") and not hasattr(VLLMBackend, "logits")
+    assert not VLLMBackend.capabilities.step_wise and not VLLMBackend.capabilities.full_logits
+
+
 def test_groups_fit_rows_and_kv_cache():
     backend = _grouping_backend()
     pair = [VLLMRequest([1] * 30, [2] * 10, max_tokens=34) for _ in range(3)]
@@ -173,8 +190,8 @@ def test_catch_up_waits_for_tokens_in_flight():
 
 def test_a_batch_is_processed_like_the_host_loop_step():
     """Three CFG pairs scattered over the batch, one with a greedy constraint: the hook's logits
-    equal `_Step.combine` + `_Step.mask` + `filter_logits` of the host loop on the same rows."""
-    from songstep.sampling.lm import _Step
+    equal `Step.combine` + `Step.mask` + `filter_logits` of the host loop on the same rows."""
+    from songstep.sampling.lm import Step
 
     class Greedy:
         finished, greedy = False, True
@@ -196,7 +213,7 @@ def test_a_batch_is_processed_like_the_host_loop_step():
     slots = {"cond:0": (4, []), "uncond:0": (1, []), "cond:1": (0, []), "uncond:1": (6, []),
              "cond:2": (2, []), "uncond:2": (5, [])}
     _Steer(rows, params, EOS)(logits, slots)
-    step = _Step(rows, params, None, EOS)
+    step = Step(rows, params, None, EOS)
     x, _ = step.mask(step.combine(torch.cat([raw[[4, 0, 2]], raw[[1, 6, 5]]])), [False] * 3)
     expected = filter_logits(x, params)
     best = int(x[1].argmax())

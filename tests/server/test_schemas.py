@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from songstep.config import GenerationRequest  # noqa: E402
+from songstep.request import GenerationRequest  # noqa: E402
 from songstep.server.schemas import ReleaseTaskParams, to_request  # noqa: E402
 
 

@@ -120,7 +120,7 @@ def test_duration_is_frame_quantised() -> None:
 
 
 def test_repaint_window_and_extension() -> None:
-    spec = get_task("repaint")
+    assert get_task("repaint").window
     src = 20 * SAMPLE_RATE
     plan = plan_task(task_inputs(GenerationRequest(task="repaint", source_audio=SRC, repaint_start=4, repaint_end=8)), src)
     assert (plan.pad_left, plan.pad_right) == (0, 0)

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from songstep import cli_align
+
 DEFAULT_MODEL = "ACE-Step/Ace-Step1.5"
 
 
@@ -158,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(*flag_names, **options)
         if not get_task(task).needs_source:  # the planner LM only plans songs without source audio
             _lm_flags(p, lm_default=None)
+        cli_align.add_flags(p)
         p.set_defaults(task=task)
     _planner_parsers(sub)
+    cli_align.add_parser(sub)
     d = sub.add_parser("download", help="download official checkpoints")
     d.add_argument("components", nargs="*", default=None, help="default: turbo vae text-encoder lm-1.7B")
     d.add_argument("--root", default="checkpoints")
@@ -264,6 +268,7 @@ def run_task(args: argparse.Namespace) -> int:
     from songstep.tasks import get_task
 
     kw = _request_kwargs(args)
+    cli_align.check(args, kw)
     if args.loudness is not None:
         audio.check_loudness_target(args.loudness)  # before minutes of model loading
     variant = args.variant or ("base" if get_task(kw["task"]).needs_turbo_off else "turbo")
@@ -273,8 +278,9 @@ def run_task(args: argparse.Namespace) -> int:
     if pipe.planner is not None and getattr(args, "max_new_tokens", None):
         pipe.planner.max_new_tokens = args.max_new_tokens
     progress, close = _progress_bar(args.quiet)
+    request = GenerationRequest(**kw)
     try:
-        result = pipe.run(GenerationRequest(**kw), progress=progress, normalize=args.normalize, loudness=args.loudness,
+        result = pipe.run(request, progress=progress, normalize=args.normalize, loudness=args.loudness,
                           thinking=getattr(args, "thinking", None), plan_options=_plan_options(args))
     finally:
         close()
@@ -283,9 +289,12 @@ def run_task(args: argparse.Namespace) -> int:
         params = {**_item_params(result, i), "seed": seed, "batch_index": i, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
         stem = args.name if args.name and len(result.seeds) == 1 else (f"{args.name}-{i}" if args.name else _stem(params, seed))
         path = audio.save_audio(args.output_dir / f"{stem}.{args.format}", result.audio[i], result.sample_rate, args.format, params=params)
-        sidecar = audio.write_sidecar(path, params, result.timings)
+        extra, lyric_files = cli_align.take_outputs(args, pipe, result, request, i, path)
+        sidecar = audio.write_sidecar(path, {**params, **extra}, result.timings)
         print(path)
         print(sidecar)
+        for lyric_file in lyric_files:
+            print(lyric_file)
     return 0
 
 
@@ -421,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     from songstep.errors import InvalidAudio, InvalidRequest, SongstepError
 
     handlers = {"download": run_download, "info": run_info, "plan": run_plan,
-                "create-sample": run_create_sample, "understand": run_understand}
+                "create-sample": run_create_sample, "understand": run_understand, "align": cli_align.run_align}
     try:
         return handlers.get(args.command, run_task)(args)
     except KeyboardInterrupt:

@@ -57,8 +57,8 @@ def take_outputs(args: argparse.Namespace, pipe, result, request, take: int, aud
 
         extra["auto_score"] = dataclasses.asdict(pipe.score_takes(result)[take])
     if args.score:
-        print(json.dumps({"file": str(audio_path), **{k: v for k, v in extra.items() if k != "lyric_alignment"}},
-                         ensure_ascii=False), file=sys.stderr)
+        shown = {k: v for k, v in extra.items() if k != "lyric_alignment"}
+        sys.stderr.write(json.dumps({"file": str(audio_path), **shown}, ensure_ascii=False) + "\n")
     return extra, files
 
 
@@ -84,7 +84,12 @@ def run_align(args: argparse.Namespace) -> int:
     from songstep.config import GenerationRequest
     from songstep.errors import InvalidAudio, InvalidRequest
     from songstep.pipeline import Pipeline
-    from songstep.pipeline.lyrics_timing import align_audio, nothing_to_align, sidecar_fields, write_lyric_files
+    from songstep.pipeline.lyrics_timing import (
+        align_audio,
+        nothing_to_align,
+        sidecar_fields,
+        write_lyric_files,
+    )
 
     if args.lyrics_file is not None:
         if not args.lyrics_file.is_file():
@@ -102,6 +107,6 @@ def run_align(args: argparse.Namespace) -> int:
     target = args.audio if args.output_dir is None else args.output_dir / args.audio.name
     target.parent.mkdir(parents=True, exist_ok=True)
     for path in write_lyric_files(target, aligned):
-        print(path)
-    print(json.dumps(sidecar_fields(aligned, lrc=True, score=args.score), indent=2, ensure_ascii=False))
+        sys.stdout.write(f"{path}\n")
+    sys.stdout.write(json.dumps(sidecar_fields(aligned, lrc=True, score=args.score), indent=2, ensure_ascii=False) + "\n")
     return 0

@@ -258,14 +258,16 @@ def _vtt_time(seconds: float) -> str:
 
 def format_vtt(lines: Sequence[LyricLine], duration: float) -> str:
     """WebVTT cues, one per line. A cue lasts until its line's end, or longer until the next line
-    that starts later (else the end of the song), so every cue has end > start."""
+    that starts later (else the end of the song), so every cue has end > start. `&`, `<` and `>`
+    are escaped (so a lyric holding `-->` cannot end a cue's text)."""
     cues = ["WEBVTT", ""]
     for i, ln in enumerate(lines):
         later = [x.start for x in lines[i + 1 :] if x.start > ln.start]
         end = max(ln.end, later[0] if later else duration)
         if end <= ln.start:
             end = ln.start + 0.001
-        cues += [str(i + 1), f"{_vtt_time(ln.start)} --> {_vtt_time(end)}", ln.text, ""]
+        text = ln.text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # cue-text escapes
+        cues += [str(i + 1), f"{_vtt_time(ln.start)} --> {_vtt_time(end)}", text, ""]
     return "\n".join(cues)
 
 

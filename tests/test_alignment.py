@@ -133,3 +133,9 @@ def test_capture_pass_follows_the_sampling_forward() -> None:
         expected = torch.softmax(q @ k.transpose(-1, -2) / attn.head_dim**0.5, dim=-1)
         torch.testing.assert_close(probs[i], expected, atol=1e-5, rtol=0)
         assert probs[i].shape == (2, 4, 5, 7)
+
+
+def test_vtt_escapes_cue_text() -> None:
+    vtt = alignment.format_vtt([_line("rock & roll <live> --> now", 1.0, 2.0)], duration=3.0)
+    assert vtt.splitlines()[4] == "rock &amp; roll &lt;live&gt; --&gt; now"
+    assert vtt.count("-->") == 1

@@ -1,7 +1,7 @@
 """Lyric timestamps (LRC, WebVTT) and the lyric-alignment score for generated or existing songs.
 
 One extra DiT decoder pass per take reads the lyric cross-attention: the take's latents x1 are
-noised to t = 1/steps with seed-42 noise (`x_t = t·noise + (1 − t)·x1`), the decoder runs up to the
+noised to t = 1/steps with seed-42 noise drawn on the DiT's device (`x_t = t·noise + (1 − t)·x1`), the decoder runs up to the
 last layer that the checkpoint's `lyric_alignment_layers_config` names (the 2 B default
 {2: [6], 3: [10, 11], 4: [3], 5: [8, 9], 6: [8]} when the config has none) and the selected heads'
 maps are aligned (`songstep.alignment`). The score adds a second, batched pass of [pure noise at
@@ -160,8 +160,9 @@ def align_latents(
         raise InvalidRequest(reason)
     pairs = alignment_heads(components)
     inp = _inputs(components, request, seed, latents)
-    gen = torch.Generator("cpu").manual_seed(NOISE_SEED)
-    noise = torch.randn(inp.x1.shape, generator=gen, dtype=inp.x1.dtype).to(inp.x1.device)
+    dev = inp.x1.device if inp.x1.device.type in ("cpu", "cuda") else torch.device("cpu")  # as upstream: MPS draws on CPU
+    gen = torch.Generator(device=dev).manual_seed(NOISE_SEED)
+    noise = torch.randn(inp.x1.shape, generator=gen, device=dev, dtype=inp.x1.dtype).to(inp.x1.device)
     t = 1.0 / int(steps)
     xt = t * noise + (1.0 - t) * inp.x1
     duration = inp.x1.shape[1] / LATENT_RATE if duration is None else float(duration)

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from songstep import cli_align
+
 DEFAULT_MODEL = "ACE-Step/Ace-Step1.5"
 
 
@@ -87,6 +89,7 @@ def _task_parser(sub, name: str, task: str, help_text: str) -> None:
                      help="replay a sidecar .json (or a .toml of request fields); flags given here override it")
     add_request_flags(p, task)
     p.add_argument("--lyrics-file", type=Path, default=None, help="read the lyrics from a UTF-8 text file")
+    cli_align.add_flags(p)
     if not get_task(task).needs_source:  # the planner LM only plans songs without source audio
         _lm_flags(p, lm_default=None)
     _output_flags(p)
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (task, help_text) in COMMANDS.items():
         _task_parser(sub, name, task, help_text)
     _planner_parsers(sub)
+    cli_align.add_parser(sub)
     from songstep.training.cli import add_parsers as _training_parsers
 
     _training_parsers(sub)
@@ -309,6 +313,7 @@ def run_task(args: argparse.Namespace) -> int:
 
     request = build_request(args)
     variant = _check_before_load(args, request)
+    cli_align.check(args, request)
     model = args.model or DEFAULT_MODEL
     status(args, f"loading {variant} from {model} on {_device(args)} …")
     pipe = Pipeline.from_pretrained(model, variant=variant, device=_device(args), dtype=_dtype(args), offload=args.offload,
@@ -322,6 +327,7 @@ def run_task(args: argparse.Namespace) -> int:
     status(args, f"running {request.task} ({request.batch} take{'s' if request.batch > 1 else ''}) on {pipe.device}, "
                  f"{str(pipe.dtype).removeprefix('torch.')}, {pipe.tier.name} tier")
     progress, close = _progress_bar(args.quiet)
+    request = GenerationRequest(**kw)
     try:
         result = pipe.run(request, progress=progress)
     finally:
@@ -329,15 +335,19 @@ def run_task(args: argparse.Namespace) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     only = getattr(args, "take_index", None)
     for take in result.takes():
-        if only is not None and take.params["batch_index"] != only:
+        i = take.params["batch_index"]
+        if only is not None and i != only:
             continue  # replaying one take of a sidecar: the batch is remade, the take kept
         params = {**take.params, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
-        stem = _stem(params, take.seed) if not args.name else (args.name if len(result.seeds) == 1 else f"{args.name}-{take.params['batch_index']}")
+        stem = _stem(params, take.seed) if not args.name else (args.name if len(result.seeds) == 1 else f"{args.name}-{i}")
         path = _free_path(args.output_dir, stem, args.format, args.overwrite)
         path = audio_save(path, take.audio, result.sample_rate, args.format, params)
-        sidecar = audio_sidecar(path, params, result.timings)
+        extra, lyric_files = cli_align.take_outputs(args, pipe, result, request, i, path)
+        sidecar = audio_sidecar(path, {**params, **extra}, result.timings)
         print(path, flush=True)
         print(sidecar, flush=True)
+        for lyric_file in lyric_files:
+            print(lyric_file, flush=True)
     return 0
 
 
@@ -507,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(max(1, args.threads))
     handlers = {"download": run_download, "info": run_info, "plan": run_plan,
-                "create-sample": run_create_sample, "understand": run_understand}
+                "create-sample": run_create_sample, "understand": run_understand, "align": cli_align.run_align}
     try:
         handler = getattr(args, "handler", None) or getattr(args, "func", None) or handlers.get(args.command, run_task)
         return handler(args)

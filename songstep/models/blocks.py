@@ -116,6 +116,22 @@ class Attention(nn.Module):
         out = attn_backend.attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
 
+    def cross_with_probs(
+        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention on `kv` computed eagerly, also returning the probabilities
+        [B, H, Lq, Lk]: `softmax(q·kᵀ·hd^-0.5)` in fp32 (after the GQA key repeat), cast to the
+        query dtype — transformers' eager path, which upstream's decoder takes whenever it returns
+        attention weights. Only the lyric-alignment pass calls this; sampling uses `forward`."""
+        b, n, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, n, self.heads, self.head_dim)).transpose(1, 2)
+        groups = self.heads // kv[0].shape[1]
+        k, v = (t.repeat_interleave(groups, dim=1) if groups > 1 else t for t in kv)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim**-0.5
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs, v)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)), probs
+
 
 class EncoderLayer(nn.Module):
     """Pre-norm transformer layer used by the lyric/timbre encoders, pooler and detokenizer."""

@@ -7,6 +7,8 @@ selected by `config.encoder_hidden_size` being set.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,6 +66,17 @@ class DiTLayer(nn.Module):
         h = self.mlp_norm(x) * (1 + c_scale) + c_shift
         return x + self.mlp(h) * c_gate
 
+    def forward_with_cross_probs(self, x, tproj, rope, mask, cross_kv) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` with the cross-attention computed eagerly; also returns its probabilities
+        [B, H, frames, encoder tokens]."""
+        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = (self.scale_shift_table + tproj).chunk(6, dim=1)
+        h = self.self_attn_norm(x) * (1 + scale_msa) + shift_msa
+        x = x + self.self_attn(h, rope=rope, mask=mask) * gate_msa
+        cross, probs = self.cross_attn.cross_with_probs(self.cross_attn_norm(x), cross_kv)
+        x = x + cross
+        h = self.mlp_norm(x) * (1 + c_scale) + c_shift
+        return x + self.mlp(h) * c_gate, probs
+
 
 class DiTDecoder(nn.Module):
     def __init__(self, cfg: DiTConfig) -> None:
@@ -99,22 +112,55 @@ class DiTDecoder(nn.Module):
         context [B, T, 128] → velocity [B, T, 64]. Masks are not taken: the DiT ignores them."""
         if cross_kv is None:
             cross_kv = self.cross_kv(encoder_hidden_states)
-        temb_t, proj_t = self.time_embed(timestep)
-        temb_r, proj_r = self.time_embed_r(timestep - timestep_r)
-        temb, tproj = temb_t + temb_r, proj_t + proj_r
-        t = hidden_states.shape[1]
-        z = torch.cat([context_latents, hidden_states], dim=-1)
-        pad = (-t) % self.cfg.patch_size
-        if pad:
-            z = F.pad(z, (0, 0, 0, pad))
-        x = self.proj_in(z)
-        rope = self.rotary_emb(x.shape[1], x.dtype)
-        masks = MaskSet(x.shape[1], self.cfg.sliding_window, None, x.device)
+        x, temb, tproj, rope, masks = self._embed(hidden_states, timestep, timestep_r, context_latents)
         for i, layer in enumerate(self.layers):
             x = layer(x, tproj, rope, masks.get(self.cfg.layer_is_sliding(i)), cross_kv[i])
         shift, scale = (self.scale_shift_table + temb[:, None, :]).chunk(2, dim=1)
         x = self.norm_out(x) * (1 + scale) + shift
-        return self.proj_out(x)[:, :t]
+        return self.proj_out(x)[:, : hidden_states.shape[1]]
+
+    def _embed(self, hidden_states, timestep, timestep_r, context_latents):
+        """(patched input [B, F, D], temb, its 6-way projection, RoPE, masks) for the layers."""
+        temb_t, proj_t = self.time_embed(timestep)
+        temb_r, proj_r = self.time_embed_r(timestep - timestep_r)
+        temb, tproj = temb_t + temb_r, proj_t + proj_r
+        z = torch.cat([context_latents, hidden_states], dim=-1)
+        pad = (-hidden_states.shape[1]) % self.cfg.patch_size
+        if pad:
+            z = F.pad(z, (0, 0, 0, pad))
+        x = self.proj_in(z)
+        rope = self.rotary_emb(x.shape[1], x.dtype)
+        return x, temb, tproj, rope, MaskSet(x.shape[1], self.cfg.sliding_window, None, x.device)
+
+    def cross_attention_probs(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        timestep_r: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        context_latents: torch.Tensor,
+        layers: Iterable[int],
+    ) -> dict[int, torch.Tensor]:
+        """The lyric-alignment pass: the decoder run as `forward` up to the last of `layers` (no
+        later layer, no output head), with the cross-attention of every layer run computed
+        eagerly. Returns {layer: probabilities [B, H, F, Lenc]} for the requested layers (F =
+        ceil(T / patch) decoder frames). The sampling path (`forward`) keeps no weights."""
+        wanted = sorted({int(i) for i in layers})
+        if not wanted:
+            return {}
+        if wanted[0] < 0 or wanted[-1] >= len(self.layers):
+            raise ValueError(f"decoder layers {wanted} outside 0..{len(self.layers) - 1}")
+        e = self.condition_embedder(encoder_hidden_states)
+        cross_kv = [layer.cross_attn.project_kv(e) for layer in self.layers[: wanted[-1] + 1]]
+        x, _, tproj, rope, masks = self._embed(hidden_states, timestep, timestep_r, context_latents)
+        out: dict[int, torch.Tensor] = {}
+        for i in range(wanted[-1] + 1):
+            x, probs = self.layers[i].forward_with_cross_probs(
+                x, tproj, rope, masks.get(self.cfg.layer_is_sliding(i)), cross_kv[i]
+            )
+            if i in wanted:
+                out[i] = probs
+        return out
 
 
 class DiTModel(nn.Module):

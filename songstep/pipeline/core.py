@@ -280,6 +280,13 @@ class Pipeline(LoraMixin):
             params["vae_decode"] = fallback
         return GenerationResult(wave, SAMPLE_RATE, list(plan.seeds), params, timings, latents)
 
+    def align(self, result, request: GenerationRequest, *, take: int = 0, score: bool = True):
+        """Lyric timestamps (LRC, WebVTT) and alignment score of one take: a `GenerationResult`
+        (or a take's latents) made from `request` (`songstep.pipeline.lyrics_timing`)."""
+        from songstep.pipeline.lyrics_timing import align_result
+
+        return align_result(self, result, request, take, score=score)
+
     # -- the planner's other uses --------------------------------------------------------------
     def _require_planner(self) -> Planner:
         if self.planner is None:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from songstep.loading.checkpoint import load_dit
 from songstep.models.dit import DiTModel
 from songstep.testing.prompt_cases import run_prompt_case  # noqa: F401  (the contract's prompt half)
+from songstep.testing.reference_alignment import AlignmentCase, run_alignment, run_alignment_case
 from songstep.testing.reference_sampling import run_flowedit_case as _run_flowedit
 from songstep.testing.reference_sampling import run_generate_case as _run_generate
 
@@ -37,9 +38,10 @@ def case_entry(index: dict[str, Any], case: str) -> dict[str, Any]:
 
 
 def case_kind(entry: dict[str, Any]) -> str:
-    """encoder | decoder | fsq | prepare_condition | generate | flowedit."""
+    """encoder | decoder | fsq | prepare_condition | generate | flowedit | alignment."""
     call = str(entry.get("args", {}).get("call", ""))
     for needle, kind in (
+        ("lyric_alignment", "alignment"),
         ("flowedit_generate_audio", "flowedit"),
         ("generate_audio", "generate"),
         ("prepare_condition", "prepare_condition"),
@@ -50,6 +52,8 @@ def case_kind(entry: dict[str, Any]) -> str:
         if needle in call:
             return kind
     names = set(entry["tensors"])
+    if "out.lrc.calc_matrix" in names or "out.score.components" in names:
+        return "alignment"
     if "tensor_args" in entry.get("args", {}) or "out.target_latents" in names:
         return "flowedit" if "in.target_text_hidden_states" in names else "generate"
     for marker, kind in (
@@ -100,6 +104,17 @@ def run_case_detailed(golden_dir: Path, case: str) -> tuple[dict[str, torch.Tens
         out = _RUNNERS[kind](model, inputs, entry, index, drawn)
     declared = {k for k in entry["tensors"] if k.startswith(("out.", "traj."))}
     return {k: v for k, v in out.items() if k in declared}, drawn
+
+
+def run_alignment_details(golden_dir: Path, case: str) -> AlignmentCase:
+    """An alignment case's tensors together with its LRC text, lines, token texts and scores."""
+    golden_dir = Path(golden_dir)
+    index = load_index(golden_dir)
+    entry = case_entry(index, case)
+    model = load_case_model(golden_dir, index)
+    inputs = load_inputs(golden_dir, entry, model.dtype, index.get("device", "cpu"))
+    with torch.inference_mode():
+        return run_alignment(model, inputs, entry)
 
 
 # -- kinds -------------------------------------------------------------------------------
@@ -180,4 +195,5 @@ _RUNNERS = {
     "prepare_condition": _run_prepare_condition,
     "generate": _run_generate,
     "flowedit": _run_flowedit,
+    "alignment": run_alignment_case,
 }

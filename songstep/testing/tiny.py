@@ -9,6 +9,7 @@ checkpoints bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,11 @@ def write_tiny_dit(
     return Path(folder)
 
 
+# config.json's lyric_alignment_layers_config of the tree's DiTs (the 2 B default names heads the
+# tiny models lack), stored as config.json stores it
+TINY_ALIGNMENT_HEADS = {"1": [0, 3], "2": [1], "3": [2, 3]}
+
+
 # -- a whole checkpoint tree ---------------------------------------------------------------------
 DIT_FOLDERS = {"turbo": "acestep-v15-turbo", "base": "acestep-v15-base", "sft": "acestep-v15-sft"}
 
@@ -105,7 +111,9 @@ def write_tiny_tree(root: str | Path, seed: int = 0, *, variants=("turbo", "base
     root = Path(root)
     for i, variant in enumerate(variants):
         folder = root / DIT_FOLDERS[variant]
-        write_tiny_dit(folder, seed + i, is_turbo=variant == "turbo")
+        cfg = tiny_config(is_turbo=variant == "turbo")
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "lyric_alignment_layers_config": TINY_ALIGNMENT_HEADS})
+        write_tiny_dit(folder, seed + i, config=cfg)
         write_silence_latent(folder / "silence_latent.pt", seed=seed)
     write_tiny_vae(root / "vae", seed)
     write_tiny_text_encoder(root / "Qwen3-Embedding-0.6B", seed, hidden_size=tiny_config().text_hidden_dim)

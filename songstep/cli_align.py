@@ -1,0 +1,110 @@
+"""The command line's lyric-timing pieces: `songstep align AUDIO --lyrics-file F` and the
+`--lrc` / `--score` options of the generating commands (registered by `songstep.cli`).
+
+`--lrc` writes `<name>.lrc` (`[mm:ss.xx]line`) and `<name>.vtt` (WebVTT) beside each take;
+`--score` adds `lyric_score` (lm_score, dit_score and their coverage / monotonicity / confidence)
+to the take's sidecar and prints it, plus the planner's AutoScore (`auto_score`) when an LM is
+loaded. A request without lyrics (or `[Instrumental]`) is refused before any model loads. Lyrics
+longer than the model's 2048-token lyric prompt are cut exactly as generation cuts them; the lines
+past the cut get no timestamps and the sidecar says `"truncated": true`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """`--lrc` and `--score` for a generating command."""
+    g = p.add_argument_group("lyric timing")
+    g.add_argument("--lrc", action="store_true", help="write <name>.lrc and <name>.vtt lyric timestamps beside each take")
+    g.add_argument("--score", action="store_true", help="add the lyric-alignment score (and, with an LM, AutoScore) to the sidecar")
+
+
+def wanted(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "lrc", False) or getattr(args, "score", False))
+
+
+def check(args: argparse.Namespace, request) -> None:
+    """Refuse `--lrc` / `--score` on a request with nothing to align (before loading models)."""
+    if not wanted(args):
+        return
+    from songstep.errors import InvalidRequest
+    from songstep.pipeline.lyrics_timing import nothing_to_align
+
+    reason = nothing_to_align(request)
+    if reason:
+        flags = " / ".join(f for f in ("--lrc", "--score") if getattr(args, f[2:], False))
+        raise InvalidRequest(f"{flags}: {reason}")
+
+
+def take_outputs(args: argparse.Namespace, pipe, result, request, take: int, audio_path: Path) -> tuple[dict, list[Path]]:
+    """(sidecar fields, files written) for one take; nothing when neither flag is given."""
+    if not wanted(args):
+        return {}, []
+    from songstep.pipeline.lyrics_timing import sidecar_fields, write_lyric_files
+
+    aligned = pipe.align(result, request, take=take, score=args.score)
+    files = list(write_lyric_files(audio_path, aligned)) if args.lrc else []
+    extra = sidecar_fields(aligned, lrc=args.lrc, score=args.score)
+    if args.score and pipe.planner is not None:
+        import dataclasses
+
+        extra["auto_score"] = dataclasses.asdict(pipe.score_takes(result)[take])
+    if args.score:
+        shown = {k: v for k, v in extra.items() if k != "lyric_alignment"}
+        sys.stderr.write(json.dumps({"file": str(audio_path), **shown}, ensure_ascii=False) + "\n")
+    return extra, files
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("align", help="lyric timestamps (.lrc, .vtt) and alignment score for an existing song")
+    p.add_argument("audio", type=Path, help="the song (wav, flac, mp3, …)")
+    p.add_argument("--lyrics-file", type=Path, default=None, help="its lyrics (UTF-8 text, [Section] tags allowed)")
+    p.add_argument("--lyrics", default=None, help="the lyrics as a string")
+    p.add_argument("--language", default="unknown", help="vocal language code, e.g. en")
+    p.add_argument("--caption", default="", help="style description (conditions the pass like generation)")
+    p.add_argument("--steps", type=int, default=None, help="noise level 1/steps (default: the variant's step count)")
+    p.add_argument("--no-score", dest="score", action="store_false", help="timestamps only")
+    p.add_argument("--output-dir", type=Path, default=None, help="where .lrc/.vtt go (default: beside the audio)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="ACE-Step/Ace-Step1.5", help="checkpoints directory or hub repo (default: %(default)s)")
+    g.add_argument("--variant", default="turbo")
+    g.add_argument("--device", default=None)
+    g.add_argument("--root", default="checkpoints")
+    g.add_argument("--offline", action="store_true")
+
+
+def run_align(args: argparse.Namespace) -> int:
+    from songstep.errors import InvalidAudio, InvalidRequest
+    from songstep.pipeline import Pipeline
+    from songstep.pipeline.lyrics_timing import (
+        align_audio,
+        nothing_to_align,
+        sidecar_fields,
+        write_lyric_files,
+    )
+    from songstep.request import GenerationRequest
+
+    if args.lyrics_file is not None:
+        if not args.lyrics_file.is_file():
+            raise InvalidRequest(f"{args.lyrics_file}: no such lyrics file")
+        args.lyrics = args.lyrics_file.read_text(encoding="utf-8")
+    reason = nothing_to_align(GenerationRequest(lyrics=args.lyrics or ""))
+    if reason:
+        raise InvalidRequest(f"align: {reason} (give --lyrics-file or --lyrics)")
+    if not args.audio.is_file():
+        raise InvalidAudio(f"{args.audio}: no such file")
+    pipe = Pipeline.from_pretrained(args.model, variant=args.variant, device=args.device, root=args.root,
+                                    offline=args.offline, lm="none")
+    aligned = align_audio(pipe, str(args.audio), args.lyrics, language=args.language, caption=args.caption,
+                          steps=args.steps, score=args.score)
+    target = args.audio if args.output_dir is None else args.output_dir / args.audio.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for path in write_lyric_files(target, aligned):
+        sys.stdout.write(f"{path}\n")
+    sys.stdout.write(json.dumps(sidecar_fields(aligned, lrc=True, score=args.score), indent=2, ensure_ascii=False) + "\n")
+    return 0

@@ -327,7 +327,6 @@ def run_task(args: argparse.Namespace) -> int:
     status(args, f"running {request.task} ({request.batch} take{'s' if request.batch > 1 else ''}) on {pipe.device}, "
                  f"{str(pipe.dtype).removeprefix('torch.')}, {pipe.tier.name} tier")
     progress, close = _progress_bar(args.quiet)
-    request = GenerationRequest(**kw)
     try:
         result = pipe.run(request, progress=progress)
     finally:

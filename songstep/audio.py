@@ -294,6 +294,24 @@ def save_audio(
     `path`, so an error or Ctrl-C never leaves a partial output (nor the temporary file).
     """
     fmt, target = _resolve_format(Path(path), fmt)
+    write = audio_writer(wave, sample_rate, fmt, params=params, mp3_bitrate=mp3_bitrate)
+    _atomic_write(target, write)
+    logger.debug("wrote %s (%d Hz, %s)", target, sample_rate, fmt)
+    return target
+
+
+def audio_writer(
+    wave: torch.Tensor | np.ndarray,
+    sample_rate: int,
+    fmt: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    mp3_bitrate: int = 128,
+) -> Callable[[Path], None]:
+    """Check and convert `wave` now; return `write(path)` that encodes it with its tags into an
+    existing (empty) file, as `save_audio` does, but in place (the caller renames it)."""
+    if fmt not in AUDIO_FORMATS:
+        raise InvalidRequest(f"unsupported output format {fmt!r} (supported: {', '.join(AUDIO_FORMATS)})")
     if mp3_bitrate not in MP3_BITRATES:
         raise InvalidRequest(f"mp3_bitrate must be one of {MP3_BITRATES}, got {mp3_bitrate}")
     data = _to_interleaved(wave)
@@ -306,9 +324,13 @@ def save_audio(
         if fmt == "ogg":
             _set_ogg_serial(tmp, zlib.crc32(comment.encode(), zlib.crc32(data.tobytes())))
 
-    _atomic_write(target, write)
-    logger.debug("wrote %s (%d samples, %d Hz, %s)", target, data.shape[0], sample_rate, fmt)
-    return target
+    return write
+
+
+def sidecar_text(params: Mapping[str, Any], timings: Mapping[str, Any] | None = None) -> str:
+    """The JSON text of a sidecar (see `write_sidecar`)."""
+    doc = {"params": dict(params), "software": SOFTWARE, "timings": dict(timings or {})}
+    return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, default=_json_default) + "\n"
 
 
 def write_sidecar(
@@ -322,8 +344,7 @@ def write_sidecar(
     indented. The sidecar is the place for run-dependent facts such as timings.
     """
     target = Path(audio_path).with_suffix(".json")
-    doc = {"params": dict(params), "software": SOFTWARE, "timings": dict(timings or {})}
-    text = json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    text = sidecar_text(params, timings)
     _atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return target
 
@@ -482,7 +503,7 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     `target`. On any exception (KeyboardInterrupt included) the temporary file is removed and
     `target` is left as it was."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(target)
+    tmp = create_part(target)
     try:
         write(tmp)
         with open(tmp, "r+b") as f:
@@ -494,10 +515,12 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     _fsync_dir(target.parent)
 
 
-def _create_temp(target: Path) -> Path:
-    """Create an empty, unique, hidden file next to `target` (mode 0666 minus the umask)."""
+def create_part(target: Path) -> Path:
+    """Create an empty, unique, hidden file next to `target` (mode 0666 minus the umask):
+    `.<name>.<pid>-<random>.part`; the process id lets a later run tell a stale one (its writer
+    is gone) from one being written (`songstep.outputs.clean_stale`)."""
     for _ in range(100):
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:

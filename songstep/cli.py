@@ -78,7 +78,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--format", default="wav", choices=("wav", "flac", "mp3", "ogg"))
     o.add_argument("--output-dir", type=Path, default=Path("outputs"))
-    o.add_argument("--name", default=None, help="file name stem (default: task-seed-hash)")
+    o.add_argument("--name", default=None, help="file name stem (default: task-seed-hash); a taken name gets -2, -3, …")
+    o.add_argument("--overwrite", action="store_true", help="replace takes of the same name instead of adding -2, -3, …")
     o.add_argument("--no-normalize", dest="normalize", action="store_false", default=None,
                    help="keep the decoded level (default: peak at -1 dBFS)")
     o.add_argument("--loudness", type=float, default=None, metavar="LUFS",
@@ -177,7 +178,9 @@ def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
     kw = {f.name: getattr(args, f.name) for f in fields(GenerationRequest) if hasattr(args, f.name)}
     if args.lyrics_file is not None:
-        kw["lyrics"] = args.lyrics_file.read_text(encoding="utf-8")
+        from songstep.cli_support import read_text_file
+
+        kw["lyrics"] = read_text_file(args.lyrics_file, "--lyrics-file")
     kw["lyrics"] = kw.get("lyrics") or ""
     return kw
 
@@ -260,9 +263,11 @@ def _item_params(result, i: int) -> dict[str, Any]:
 def run_task(args: argparse.Namespace) -> int:
     from songstep import audio
     from songstep.config import GenerationRequest
+    from songstep.outputs import TakeWriter, check_name
     from songstep.pipeline import Pipeline
     from songstep.tasks import get_task
 
+    check_name(args.name)
     kw = _request_kwargs(args)
     if args.loudness is not None:
         audio.check_loudness_target(args.loudness)  # before minutes of model loading
@@ -278,14 +283,11 @@ def run_task(args: argparse.Namespace) -> int:
                           thinking=getattr(args, "thinking", None), plan_options=_plan_options(args))
     finally:
         close()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    writer = TakeWriter(args.output_dir, args.format, overwrite=args.overwrite, announce=lambda path: print(path, flush=True))
     for i, seed in enumerate(result.seeds):
         params = {**_item_params(result, i), "seed": seed, "batch_index": i, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
         stem = args.name if args.name and len(result.seeds) == 1 else (f"{args.name}-{i}" if args.name else _stem(params, seed))
-        path = audio.save_audio(args.output_dir / f"{stem}.{args.format}", result.audio[i], result.sample_rate, args.format, params=params)
-        sidecar = audio.write_sidecar(path, params, result.timings)
-        print(path)
-        print(sidecar)
+        writer.write(stem, result.audio[i], result.sample_rate, params, result.timings)
     return 0
 
 
@@ -418,20 +420,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(args.verbose)
+    from songstep.cli_support import one_line, unexpected_error
     from songstep.errors import InvalidAudio, InvalidRequest, SongstepError
+    from songstep.outputs import handle_signals
 
     handlers = {"download": run_download, "info": run_info, "plan": run_plan,
                 "create-sample": run_create_sample, "understand": run_understand}
     try:
-        return handlers.get(args.command, run_task)(args)
-    except KeyboardInterrupt:
+        with handle_signals():  # SIGTERM like Ctrl-C: takes are whole or absent
+            if getattr(args, "device", None) is not None:
+                from songstep.devices import resolve_device
+
+                args.device = str(resolve_device(args.device))
+            return handlers.get(args.command, run_task)(args)
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
     except (InvalidRequest, InvalidAudio) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (SongstepError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # the last resort: one line, the trace with -v
+        print(unexpected_error(e, args.verbose), file=sys.stderr)
         return 1
 
 

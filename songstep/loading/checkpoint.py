@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from songstep.config import DiTConfig
 from songstep.errors import CheckpointError, ModelNotFound
 from songstep.models.dit import DiTModel
+from songstep.models.folders import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def load_dit(
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tensors, origin = read_tensors(files, rename=rename, device=device, dtype=dtype)
     check_tensors(expected, tensors, origin, folder)
+    check_finite(tensors.items(), str(folder))
     log.info("loaded %s (%d tensors, %s, %s)", folder, len(tensors), device, dtype)
     return assemble(model, tensors)
 

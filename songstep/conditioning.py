@@ -161,6 +161,11 @@ def validate_source(request: GenerationRequest, spec: TaskSpec, source_samples: 
         request.repaint_start < end,
         f"empty repaint window: start {request.repaint_start:g} s is not before end {end:g} s",
     )
+    _check(
+        request.repaint_start <= src_seconds,
+        f"repaint window starts at {request.repaint_start:g} s, after the source's end ({src_seconds:.2f} s): "
+        f"the gap would stay silent; start at or before {src_seconds:.2f} s",
+    )
     total = max(end, src_seconds) - min(request.repaint_start, 0.0)
     _check(total <= MAX_DURATION, f"the result would be {total:.1f} s long; the limit is {MAX_DURATION:g} s")
 

@@ -173,15 +173,17 @@ def silent_server():
     server.close()
 
 
-def test_download_from_a_host_that_never_answers_ends_with_one_line(silent_server, tmp_path) -> None:
+@pytest.mark.parametrize("args, component", [(["download", "vae"], "vae"),
+                                             (["generate", "--duration", "10", "--device", "cpu", "--quiet"], "turbo")])
+def test_a_host_that_never_answers_ends_with_one_line(silent_server, tmp_path, args, component) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": silent_server.url, "HF_HUB_OFFLINE": "0",
            "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2", "HF_HUB_DISABLE_TELEMETRY": "1"}
     # the bound on the run is the check: without timeouts it never returns (timeout 2 s + margin)
-    done = subprocess.run([sys.executable, "-m", "songstep.cli", "download", "vae", "--root", str(tmp_path / "ck")],
-                          capture_output=True, text=True, env=env, timeout=90)
+    done = subprocess.run([sys.executable, "-m", "songstep.cli", *args, "--root", str(tmp_path / "ck")],
+                          capture_output=True, text=True, env=env, timeout=90, cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: vae:")
+    assert len(lines) == 1 and lines[0].startswith(f"error: {component}:")
     assert "no answer from 127.0.0.1 within 2 s" in lines[0] and "HF_HUB_DOWNLOAD_TIMEOUT" in lines[0]
     assert silent_server.conns  # it did connect
 

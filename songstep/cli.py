@@ -2,7 +2,8 @@
 
 Every generating command writes `<name>.<format>` plus a `<name>.json` sidecar into the output
 directory and prints their paths. Errors are one line on stderr with a non-zero exit (2 for a bad
-request or file, 1 otherwise, 130 on Ctrl-C); outputs are written atomically.
+request or file, 1 otherwise, 130 on Ctrl-C, 143 on SIGTERM); takes are written whole under unique
+names (see `songstep.outputs`).
 """
 
 from __future__ import annotations
@@ -339,7 +340,7 @@ def run_understand(args: argparse.Namespace) -> int:
     from songstep.errors import InvalidAudio
 
     if not args.file.is_file():
-        raise InvalidAudio(f"{args.file}: no such file")
+        raise InvalidAudio(f"{args.file}: {'is a directory' if args.file.is_dir() else 'no such file'}")
     text = args.file.read_text(encoding="utf-8", errors="ignore") if args.file.suffix.lower() == ".txt" else ""
     if "<|audio_code_" in text:
         desc = _load_planner(args).understand_codes(text, seed=args.seed, **_sampling(args))

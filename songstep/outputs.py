@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 NAME_MAX_CHARS = 200
 MAX_SUFFIX = 10_000
 STALE_SECONDS = 24 * 3600  # a part without a readable writer pid is stale after a day
+MIN_STALE_SECONDS = 60.0  # younger files are kept even when their pid is gone (another container's
+# pid namespace may share the folder; a live writer touches its files within seconds)
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -155,8 +157,9 @@ def _claim_pid(path: Path) -> int | None:
 
 
 def clean_stale(folder: str | os.PathLike) -> list[Path]:
-    """Remove hidden `.part` and `.claim` files left by writers that are gone (killed runs);
-    return what was removed. Files of live writers are kept."""
+    """Remove hidden `.part` and `.claim` files left by writers that are gone (killed runs) and
+    untouched for a minute, or untouched for a day; return what was removed. Files of live
+    writers are kept."""
     removed = []
     now = time.time()
     for path in Path(folder).glob(".*"):
@@ -164,10 +167,11 @@ def clean_stale(folder: str | os.PathLike) -> list[Path]:
             continue
         pid = _part_pid(path.name) if path.suffix == ".part" else _claim_pid(path)
         try:
-            old = now - path.stat().st_mtime > STALE_SECONDS
+            age = now - path.stat().st_mtime
         except OSError:
             continue
-        stale = (pid is not None and pid != os.getpid() and not _pid_alive(pid)) or (pid is None and old)
+        dead = pid is not None and pid != os.getpid() and not _pid_alive(pid)
+        stale = (dead and age > MIN_STALE_SECONDS) or age > STALE_SECONDS
         if stale:
             path.unlink(missing_ok=True)
             removed.append(path)
@@ -257,11 +261,13 @@ class TakeWriter:
             try:
                 fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if self.overwrite:
-                    raise InvalidRequest(
-                        f"{self.folder / name}.{self.fmt} is being written by another run (pid {_claim_pid(claim)})"
-                    ) from None
-                continue
+                if not self.overwrite:
+                    continue
+                owner = _claim_pid(claim)
+                if owner is not None and owner != os.getpid() and not _pid_alive(owner):  # a killed run's
+                    claim.unlink(missing_ok=True)
+                    return self._claim(stem)
+                raise InvalidRequest(f"{self.folder / name}.{self.fmt} is being written by another run (pid {owner})") from None
             with os.fdopen(fd, "w", encoding="ascii") as f:
                 f.write(str(os.getpid()))
             taken = (self.folder / f"{name}.json").exists() or (self.folder / f"{name}.{self.fmt}").exists()

@@ -149,10 +149,14 @@ def test_stale_parts_of_dead_writers_are_cleaned_live_ones_kept(tmp_path) -> Non
     stale = [tmp_path / f".song.wav.{dead_pid}-00ff00ff.part", tmp_path / ".song.claim"]
     stale[1].write_text(str(dead_pid))
     live = tmp_path / f".other.wav.{os.getppid()}-0a0b0c0d.part"
-    for path in (stale[0], live):
+    fresh = tmp_path / f".new.wav.{dead_pid}-01020304.part"  # pid gone, but touched just now
+    for path in (stale[0], live, fresh):
         path.write_bytes(b"x")
+    old = time.time() - 120
+    for path in (*stale, live):
+        os.utime(path, (old, old))
     assert sorted(clean_stale(tmp_path)) == sorted(stale)
-    assert live.exists() and not any(p.exists() for p in stale)
+    assert live.exists() and fresh.exists() and not any(p.exists() for p in stale)
 
 
 @pytest.mark.parametrize("name", ["../x", "/tmp/abs", "a/b", ".hidden", "..", ""])

@@ -186,8 +186,8 @@ def clean_stale(folder: str | os.PathLike) -> list[Path]:
 class TakeWriter:
     """Writes takes into `folder` as `<stem>.<fmt>` + `<stem>.json` (see the module doc).
 
-    `announce(path)` is called for the sidecar and then the audio as soon as both exist (the CLI
-    prints them)."""
+    `announce(path)` is called for the audio and then the sidecar as soon as both exist (the CLI
+    prints them), before a deferred signal is raised."""
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import struct
 import zlib
@@ -76,9 +77,13 @@ def load_audio(
     """Decode `source` (a path or a binary file object) to float32 `[2, samples]` at `target_sr`.
 
     Mono is duplicated to stereo, other rates are resampled with soxr (HQ), values are clamped to
-    [-1, 1] and isolated NaN/inf samples are zeroed. Raises `InvalidAudio` naming the file and
-    the reason: missing, empty, unsupported suffix, undecodable, no samples, all non-finite,
-    more than two channels, or longer than `max_seconds` (None: no limit).
+    [-1, 1] (with a warning when the peak was above full scale) and isolated NaN/inf samples are
+    zeroed. A file whose header leaves the length open (streamed FLAC) is decoded in blocks with
+    the limit enforced while reading. Raises `InvalidAudio` naming the file and the reason:
+    missing, a directory, empty, unsupported suffix, undecodable, truncated (the header declares
+    more audio than the file holds), no samples, all non-finite, more than two channels, or longer
+    than `max_seconds` (None: no limit). `InvalidRequest` for a source that is not a path or a
+    binary file object (an int is never taken as a file descriptor).
     """
     name = _source_name(source)
     _check_source(source, name)
@@ -86,7 +91,11 @@ def load_audio(
         with sf.SoundFile(source) as f:
             _check_header(f, name, max_seconds)
             rate = f.samplerate
-            data = f.read(dtype="float32", always_2d=True)
+            if f.frames >= UNKNOWN_LENGTH:
+                data = _read_blocks(f, name, max_seconds)
+            else:
+                _check_truncated(f, name)
+                data = f.read(dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, TypeError) as exc:
         raise InvalidAudio(f"cannot decode {name}: {_reason(exc)}") from exc
     if data.shape[0] == 0:
@@ -98,8 +107,57 @@ def load_audio(
     if rate != target_sr:
         logger.debug("resampling %s from %d Hz to %d Hz", name, rate, target_sr)
         data = soxr.resample(data, rate, target_sr, quality="HQ")
+    warn_clipping(data, name)
     np.clip(data, -1.0, 1.0, out=data)
     return torch.from_numpy(np.ascontiguousarray(data.T, dtype=np.float32))
+
+
+UNKNOWN_LENGTH = 1 << 62  # libsndfile reports 2**63 - 1 frames when a header leaves the length open
+CLIP_WARN_PEAK = 1.001  # a peak above this (about +0.01 dBFS) is reported when clipped
+
+
+def warn_clipping(data: np.ndarray | torch.Tensor, name: str) -> None:
+    """Log a warning when a source's peak is above full scale (it is about to be clipped)."""
+    size = data.numel() if isinstance(data, torch.Tensor) else data.size
+    peak = float(abs(data).max()) if size else 0.0
+    if peak > CLIP_WARN_PEAK:
+        over = int((abs(data) > 1.0).sum())
+        logger.warning("%s: peak %.2f (%+.1f dBFS) is above full scale; %d samples clipped to ±1 "
+                       "(scale the source down to keep them)", name, peak, 20 * np.log10(peak), over)
+
+
+def _read_blocks(f: sf.SoundFile, name: str, max_seconds: float | None) -> np.ndarray:
+    """Decode a file of unknown length one second at a time, stopping as soon as it passes the
+    limit. (soundfile's `read` seeks after each block, which such streams refuse, so blocks are
+    read with libsndfile's `sf_readf_float` directly.)"""
+    from soundfile import _ffi, _snd
+
+    block, chunks, total = f.samplerate, [], 0
+    limit = None if max_seconds is None else int(max_seconds * f.samplerate)
+    while True:
+        buf = np.empty((block, f.channels), dtype=np.float32)
+        n = int(_snd.sf_readf_float(f._file, _ffi.cast("float *", buf.ctypes.data), block))
+        if n <= 0:
+            break
+        chunks.append(buf[:n])
+        total += n
+        if limit is not None and total > limit:
+            raise InvalidAudio(f"{name} is too long: more than {max_seconds:g} s (its header gives no "
+                               f"length; reading stopped at {total / f.samplerate:.1f} s)")
+    return np.concatenate(chunks) if chunks else np.empty((0, f.channels), np.float32)
+
+
+def _check_truncated(f: sf.SoundFile, name: str) -> None:
+    """`InvalidAudio` when the header's data size exceeds what the file holds (libsndfile reads
+    what is there and reports `data : N (should be M)`)."""
+    match = re.search(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", f.extra_info or "", re.MULTILINE)
+    if not match:
+        return
+    declared, present = int(match.group(1)), int(match.group(2))
+    if declared > present > 0 and f.frames > 0:
+        seconds = f.frames / f.samplerate
+        raise InvalidAudio(f"{name} is truncated: its header declares {seconds * declared / present:.2f} s of audio "
+                           f"({declared} bytes) but the file holds {seconds:.2f} s ({present} bytes)")
 
 
 def audio_duration(source: AudioSource) -> float:
@@ -122,8 +180,13 @@ def _source_name(source: AudioSource) -> str:
 
 def _check_source(source: AudioSource, name: str) -> None:
     """Fail early, with a precise reason, on what libsndfile would call 'unknown format'."""
+    if not isinstance(source, str | os.PathLike) and not callable(getattr(source, "read", None)):
+        raise InvalidRequest(f"an audio source must be a path, a binary file object or a tensor, "
+                             f"not {type(source).__name__}")
     if isinstance(source, str | os.PathLike):
         path = Path(source)
+        if path.is_dir():
+            raise InvalidAudio(f"{name} is a directory, not an audio file")
         if not path.is_file():
             raise InvalidAudio(f"{name}: no such file")
         suffix = path.suffix.lower().lstrip(".")
@@ -146,7 +209,7 @@ def _check_header(f: sf.SoundFile, name: str, max_seconds: float | None) -> None
         raise InvalidAudio(f"{name} has {f.channels} channels; at most {AUDIO_CHANNELS} are supported")
     if f.samplerate <= 0:
         raise InvalidAudio(f"{name} has an invalid sample rate {f.samplerate}")
-    if f.frames > 0:
+    if 0 < f.frames < UNKNOWN_LENGTH:
         _check_length(f.frames / f.samplerate, name, max_seconds)
 
 
@@ -294,6 +357,24 @@ def save_audio(
     `path`, so an error or Ctrl-C never leaves a partial output (nor the temporary file).
     """
     fmt, target = _resolve_format(Path(path), fmt)
+    write = audio_writer(wave, sample_rate, fmt, params=params, mp3_bitrate=mp3_bitrate)
+    _atomic_write(target, write)
+    logger.debug("wrote %s (%d Hz, %s)", target, sample_rate, fmt)
+    return target
+
+
+def audio_writer(
+    wave: torch.Tensor | np.ndarray,
+    sample_rate: int,
+    fmt: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    mp3_bitrate: int = 128,
+) -> Callable[[Path], None]:
+    """Check and convert `wave` now; return `write(path)` that encodes it with its tags into an
+    existing (empty) file, as `save_audio` does, but in place (the caller renames it)."""
+    if fmt not in AUDIO_FORMATS:
+        raise InvalidRequest(f"unsupported output format {fmt!r} (supported: {', '.join(AUDIO_FORMATS)})")
     if mp3_bitrate not in MP3_BITRATES:
         raise InvalidRequest(f"mp3_bitrate must be one of {MP3_BITRATES}, got {mp3_bitrate}")
     data = _to_interleaved(wave)
@@ -306,9 +387,13 @@ def save_audio(
         if fmt == "ogg":
             _set_ogg_serial(tmp, zlib.crc32(comment.encode(), zlib.crc32(data.tobytes())))
 
-    _atomic_write(target, write)
-    logger.debug("wrote %s (%d samples, %d Hz, %s)", target, data.shape[0], sample_rate, fmt)
-    return target
+    return write
+
+
+def sidecar_text(params: Mapping[str, Any], timings: Mapping[str, Any] | None = None) -> str:
+    """The JSON text of a sidecar (see `write_sidecar`)."""
+    doc = {"params": dict(params), "software": SOFTWARE, "timings": dict(timings or {})}
+    return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, default=_json_default) + "\n"
 
 
 def write_sidecar(
@@ -322,8 +407,7 @@ def write_sidecar(
     indented. The sidecar is the place for run-dependent facts such as timings.
     """
     target = Path(audio_path).with_suffix(".json")
-    doc = {"params": dict(params), "software": SOFTWARE, "timings": dict(timings or {})}
-    text = json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    text = sidecar_text(params, timings)
     _atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return target
 
@@ -482,7 +566,7 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     `target`. On any exception (KeyboardInterrupt included) the temporary file is removed and
     `target` is left as it was."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(target)
+    tmp = create_part(target)
     try:
         write(tmp)
         with open(tmp, "r+b") as f:
@@ -494,10 +578,12 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     _fsync_dir(target.parent)
 
 
-def _create_temp(target: Path) -> Path:
-    """Create an empty, unique, hidden file next to `target` (mode 0666 minus the umask)."""
+def create_part(target: Path) -> Path:
+    """Create an empty, unique, hidden file next to `target` (mode 0666 minus the umask):
+    `.<name>.<pid>-<random>.part`; the process id lets a later run tell a stale one (its writer
+    is gone) from one being written (`songstep.outputs.clean_stale`)."""
     for _ in range(100):
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:

@@ -2,7 +2,8 @@
 
 Every generating command writes `<name>.<format>` plus a `<name>.json` sidecar into the output
 directory and prints their paths. Errors are one line on stderr with a non-zero exit (2 for a bad
-request or file, 1 otherwise, 130 on Ctrl-C); outputs are written atomically.
+request or file, 1 otherwise, 130 on Ctrl-C, 143 on SIGTERM); takes are written whole under unique
+names (see `songstep.outputs`).
 """
 
 from __future__ import annotations
@@ -166,21 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_lyrics(path: Path) -> str:
-    from songstep.errors import InvalidRequest
-
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidRequest(f"--lyrics-file {path}: no such file") from None
-    except IsADirectoryError:
-        raise InvalidRequest(f"--lyrics-file {path}: is a directory") from None
-    except UnicodeDecodeError as e:
-        raise InvalidRequest(f"--lyrics-file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise InvalidRequest(f"--lyrics-file {path}: {e.strerror}") from None
-
-
 def build_request(args: argparse.Namespace, task: str | None = None):
     """The request of a command: the `--from` file's fields, then the flags given, then
     `--lyrics-file`. Validated here, before any model is loaded."""
@@ -202,7 +188,9 @@ def build_request(args: argparse.Namespace, task: str | None = None):
         args.take_index = None
     data.update(given)
     if getattr(args, "lyrics_file", None) is not None:
-        data["lyrics"] = _read_lyrics(args.lyrics_file)
+        from songstep.cli_support import read_text_file
+
+        data["lyrics"] = read_text_file(args.lyrics_file, "--lyrics-file")
     data["task"] = task
     return GenerationRequest(**data)
 
@@ -309,8 +297,10 @@ def _check_before_load(args: argparse.Namespace, request) -> str:
 
 
 def run_task(args: argparse.Namespace) -> int:
+    from songstep.outputs import TakeWriter, check_name
     from songstep.pipeline import Pipeline
 
+    check_name(args.name)
     request = build_request(args)
     variant = _check_before_load(args, request)
     cli_align.check(args, request)
@@ -331,7 +321,7 @@ def run_task(args: argparse.Namespace) -> int:
         result = pipe.run(request, progress=progress)
     finally:
         close()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    writer = TakeWriter(args.output_dir, args.format, overwrite=args.overwrite, announce=lambda path: print(path, flush=True))
     only = getattr(args, "take_index", None)
     for take in result.takes():
         i = take.params["batch_index"]
@@ -339,40 +329,11 @@ def run_task(args: argparse.Namespace) -> int:
             continue  # replaying one take of a sidecar: the batch is remade, the take kept
         params = {**take.params, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
         stem = _stem(params, take.seed) if not args.name else (args.name if len(result.seeds) == 1 else f"{args.name}-{i}")
-        path = _free_path(args.output_dir, stem, args.format, args.overwrite)
-        path = audio_save(path, take.audio, result.sample_rate, args.format, params)
-        extra, lyric_files = cli_align.take_outputs(args, pipe, result, request, i, path)
-        sidecar = audio_sidecar(path, {**params, **extra}, result.timings)
-        print(path, flush=True)
-        print(sidecar, flush=True)
-        for lyric_file in lyric_files:
+        extra, aligned = cli_align.take_extra(args, pipe, result, request, i)
+        audio_path, _sidecar = writer.write(stem, take.audio, result.sample_rate, {**params, **extra}, result.timings)
+        for lyric_file in cli_align.write_files(args, audio_path, aligned, extra):
             print(lyric_file, flush=True)
     return 0
-
-
-def _free_path(folder: Path, stem: str, fmt: str, overwrite: bool) -> Path:
-    """`folder/stem.fmt`, or with a -2, -3 … suffix when that name (audio or sidecar) is taken."""
-    from songstep.errors import InvalidRequest
-
-    if Path(stem).name != stem or stem in ("", ".", ".."):
-        raise InvalidRequest(f"--name {stem!r} must be a plain file name (no folders)")
-    path, n = folder / f"{stem}.{fmt}", 1
-    while not overwrite and (path.exists() or path.with_suffix(".json").exists()):
-        n += 1
-        path = folder / f"{stem}-{n}.{fmt}"
-    return path
-
-
-def audio_save(path: Path, wave, sample_rate: int, fmt: str, params: dict[str, Any]) -> Path:
-    from songstep import audio
-
-    return audio.save_audio(path, wave, sample_rate, fmt, params=params)
-
-
-def audio_sidecar(path: Path, params: dict[str, Any], timings: dict[str, float]) -> Path:
-    from songstep import audio
-
-    return audio.write_sidecar(path, params, timings)
 
 
 def _load_planner(args: argparse.Namespace, max_new_tokens: int | None = None):
@@ -424,7 +385,7 @@ def run_understand(args: argparse.Namespace) -> int:
     from songstep.errors import InvalidAudio
 
     if not args.file.is_file():
-        raise InvalidAudio(f"{args.file}: no such file")
+        raise InvalidAudio(f"{args.file}: {'is a directory' if args.file.is_dir() else 'no such file'}")
     text = args.file.read_text(encoding="utf-8", errors="ignore") if args.file.suffix.lower() == ".txt" else ""
     if "<|audio_code_" in text:
         desc = _load_planner(args).understand_codes(text, seed=args.seed, **_sampling(args))
@@ -509,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(args.verbose)
+    from songstep.cli_support import one_line, unexpected_error
     from songstep.errors import InvalidAudio, InvalidRequest, SongstepError
+    from songstep.outputs import handle_signals
 
     if getattr(args, "threads", None):
         import torch
@@ -518,27 +481,25 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"download": run_download, "info": run_info, "plan": run_plan,
                 "create-sample": run_create_sample, "understand": run_understand, "align": cli_align.run_align}
     try:
-        handler = getattr(args, "handler", None) or getattr(args, "func", None) or handlers.get(args.command, run_task)
-        return handler(args)
-    except KeyboardInterrupt:
+        with handle_signals():  # SIGTERM like Ctrl-C: takes are whole or absent
+            handler = getattr(args, "handler", None) or getattr(args, "func", None) or handlers.get(args.command, run_task)
+            return handler(args)
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return 130
-    except (InvalidRequest, InvalidAudio) as e:
-        _error(e)
+        return getattr(e, "exit_code", 130)
+    except InvalidRequest as e:  # every bad value of a request, one line each
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except InvalidAudio as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (SongstepError, OSError) as e:
-        _error(e)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
-    except Exception as e:  # the last resort: one line (the trace with -v)
-        if args.verbose:
-            raise
-        print(f"error: unexpected {type(e).__name__}: {e} (run with -v for the full trace)", file=sys.stderr)
+    except Exception as e:  # the last resort: one line, the trace with -v
+        print(unexpected_error(e, args.verbose), file=sys.stderr)
         return 1
-
-
-def _error(e: BaseException) -> None:
-    for line in str(e).splitlines() or [type(e).__name__]:
-        print(f"error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -41,23 +42,33 @@ def check(args: argparse.Namespace, request) -> None:
         raise InvalidRequest(f"{flags}: {reason}")
 
 
-def take_outputs(args: argparse.Namespace, pipe, result, request, take: int, audio_path: Path) -> tuple[dict, list[Path]]:
-    """(sidecar fields, files written) for one take; nothing when neither flag is given."""
+def take_extra(args: argparse.Namespace, pipe, result, request, take: int) -> tuple[dict, Any]:
+    """(sidecar fields, the alignment) for one take; nothing when neither flag is given. Computed
+    before the take is written, so the sidecar is written once, whole."""
     if not wanted(args):
-        return {}, []
-    from songstep.pipeline.lyrics_timing import sidecar_fields, write_lyric_files
+        return {}, None
+    from songstep.pipeline.lyrics_timing import sidecar_fields
 
     aligned = pipe.align(result, request, take=take, score=args.score)
-    files = list(write_lyric_files(audio_path, aligned)) if args.lrc else []
     extra = sidecar_fields(aligned, lrc=args.lrc, score=args.score)
     if args.score and pipe.planner is not None:
         import dataclasses
 
         extra["auto_score"] = dataclasses.asdict(pipe.score_takes(result)[take])
+    return extra, aligned
+
+
+def write_files(args: argparse.Namespace, audio_path: Path, aligned, extra: dict) -> list[Path]:
+    """The .lrc and .vtt beside the take as finally named (with --lrc); the score on stderr (--score)."""
+    if aligned is None:
+        return []
+    from songstep.pipeline.lyrics_timing import write_lyric_files
+
+    files = list(write_lyric_files(audio_path, aligned)) if args.lrc else []
     if args.score:
         shown = {k: v for k, v in extra.items() if k != "lyric_alignment"}
         sys.stderr.write(json.dumps({"file": str(audio_path), **shown}, ensure_ascii=False) + "\n")
-    return extra, files
+    return files
 
 
 def add_parser(sub) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,31 @@ from typing import Any
 from songstep.errors import CheckpointError
 
 MODEL_TYPE = "acestep"
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field annotation (int is not bool; float takes int; tuples
+    take lists)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_type_ok(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, list | tuple) and all(_type_ok(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else int | float) and not isinstance(value, bool)
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+def check_field_types(cls: type, data: dict[str, Any]) -> None:
+    """`TypeError` naming the first field of `data` whose value does not fit `cls`'s annotation."""
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if name in hints and name != "extra" and not _type_ok(value, hints[name]):
+            raise TypeError(f"field {name!r} must be {hints[name]}, got {value!r}")
 
 
 def _default_layer_types(n: int) -> tuple[str, ...]:
@@ -109,6 +136,7 @@ class DiTConfig:
             known["layer_types"] = tuple(known["layer_types"])
         if known.get("is_turbo") is None:
             known.pop("is_turbo", None)
+        check_field_types(cls, known)
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from songstep.errors import CheckpointError, ModelNotFound
 from songstep.loading import diffusers_map
 from songstep.loading.files import INDEX_NAME, WEIGHTS_NAME, weight_files
 from songstep.models.dit import DiTModel
+from songstep.models.folders import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def load_dit(
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tensors, origin = read_tensors(files, rename=rename, device=device, dtype=dtype)
     check_tensors(expected, tensors, origin, folder)
+    check_finite(tensors.items(), str(folder))
     log.info("loaded %s (%d tensors, %s, %s)", folder, len(tensors), device, dtype)
     return assemble(model, tensors)
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from songstep.config import DiTConfig
+from songstep.config import DiTConfig, check_field_types
 from songstep.errors import CheckpointError
 from songstep.loading.files import weight_files
 
@@ -358,6 +358,10 @@ def config_from_components(loaded: dict[Component, _Loaded]) -> DiTConfig:
             encoder_num_key_value_heads=ce["num_key_value_heads"],
         )
     fields.update(_extra_fields(tr))
+    try:
+        check_field_types(DiTConfig, fields)
+    except TypeError as e:
+        raise CheckpointError(f"{tr.path}: {e}") from e
     cfg = DiTConfig(**fields)
     _check_layer_types(cfg, loaded)
     return cfg

@@ -10,15 +10,12 @@ that commit. Downloaded files are checked against the table and the hub listing;
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -30,6 +27,8 @@ from huggingface_hub import errors as hf
 from huggingface_hub.hf_api import RepoFile
 
 from songstep.errors import ChecksumMismatch, DownloadError, ModelNotFound
+from songstep.loading.network import hub_errors, install_timeouts, transport_errors
+from songstep.models.folders import PICKLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -251,37 +250,6 @@ class HubClient(Protocol):
                  progress_bar: type | None = None) -> Path: ...
 
 
-@functools.cache
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection-level errors of the HTTP client this huggingface_hub version uses."""
-    names = {"httpx2": "TransportError", "httpx": "TransportError", "requests": "RequestException"}
-    found = [getattr(importlib.import_module(m), n) for m, n in names.items() if importlib.util.find_spec(m)]
-    return (ConnectionError, TimeoutError, *found)
-
-
-@contextmanager
-def _hub_errors(what: str, endpoint: str) -> Iterator[None]:
-    """Translate huggingface_hub / HTTP errors into songstep's typed errors."""
-    try:
-        yield
-    except hf.GatedRepoError as e:
-        raise ModelNotFound(f"{what}: gated or private repository; log in (`hf auth login`)") from e
-    except hf.RepositoryNotFoundError as e:
-        raise ModelNotFound(f"{what}: repository not found on {endpoint}") from e
-    except hf.RevisionNotFoundError as e:
-        raise ModelNotFound(f"{what}: revision not found on {endpoint}") from e
-    except hf.LocalEntryNotFoundError as e:  # before EntryNotFoundError: it is a subclass
-        raise DownloadError(f"{what}: {endpoint} cannot be reached and the file is not on disk ({e})") from e
-    except hf.EntryNotFoundError as e:
-        raise ModelNotFound(f"{what}: file or folder not found on {endpoint}") from e
-    except hf.HfHubHTTPError as e:
-        raise DownloadError(f"{what}: the hub answered with an error: {e}") from e
-    except _transport_errors() as e:
-        raise DownloadError(f"{what}: cannot reach {endpoint} ({type(e).__name__}: {e})") from e
-    except OSError as e:  # size check inside huggingface_hub, disk full, permissions
-        raise DownloadError(f"{what}: {e}") from e
-
-
 class HfHubClient:
     """`HubClient` over `HfApi.repo_info`, `HfApi.list_repo_tree` and `hf_hub_download`. `endpoint`
     overrides `HF_ENDPOINT`; `cache_dir` is the HF cache (only read in `local_dir` mode)."""
@@ -292,16 +260,17 @@ class HfHubClient:
         self.token = token
         self.cache_dir = cache_dir
         self._api = HfApi(endpoint=self.endpoint, token=token)
+        install_timeouts()  # a host that accepts and never answers must not hang us
 
     def resolve_revision(self, repo_id: str, revision: str) -> str:
-        with _hub_errors(f"{repo_id}@{revision}", self.endpoint):
+        with hub_errors(f"{repo_id}@{revision}", self.endpoint):
             sha = self._api.repo_info(repo_id, revision=revision).sha
         if not sha:
             raise DownloadError(f"{repo_id}@{revision}: the hub did not return a commit sha")
         return sha
 
     def list_files(self, repo_id: str, revision: str, subfolder: str | None) -> list[RemoteFile]:
-        with _hub_errors(f"{repo_id}@{revision}/{subfolder or ''}", self.endpoint):
+        with hub_errors(f"{repo_id}@{revision}/{subfolder or ''}", self.endpoint):
             entries = list(self._api.list_repo_tree(repo_id, path_in_repo=subfolder, recursive=True,
                                                     revision=revision))
         return [RemoteFile(e.path, int(e.size), e.lfs.sha256 if e.lfs else None, e.blob_id)
@@ -316,7 +285,7 @@ class HfHubClient:
         # temp file is per process and deleted on failure (huggingface_hub >= 1.x): a killed
         # process restarts that one file from zero. Xet-backed files go through hf_xet instead.
         kwargs: dict[str, Any] = {"tqdm_class": progress_bar} if progress_bar is not None else {}
-        with _hub_errors(f"{repo_id}@{revision}/{filename}", self.endpoint):
+        with hub_errors(f"{repo_id}@{revision}/{filename}", self.endpoint):
             path = hf_hub_download(repo_id, filename, revision=revision, local_dir=local_dir,
                                    cache_dir=self.cache_dir, endpoint=self.endpoint, token=self.token, **kwargs)
         return Path(path)
@@ -506,7 +475,8 @@ def _relative(comp: Component, repo_path: str) -> str:
 def _remote_files(comp: Component, commit: str, run: _Run) -> list[RemoteFile]:
     """The hub listing, checked against the table and the lock before any byte is downloaded."""
     prefix = f"{comp.subfolder}/" if comp.subfolder else ""
-    listing = [f for f in run.hub.list_files(comp.repo_id, commit, comp.subfolder) if f.path.startswith(prefix)]
+    listing = [f for f in run.hub.list_files(comp.repo_id, commit, comp.subfolder) if f.path.startswith(prefix)
+               and (_relative(comp, f.path) in comp.files or not f.path.endswith(PICKLE_SUFFIXES))]  # no pickles
     by_name = {_relative(comp, f.path): f for f in listing}
     missing = [name for name in comp.required_files if name not in by_name]
     if missing:
@@ -579,7 +549,7 @@ def _from_hub(comp: Component, run: _Run) -> Path:
         commit = _target_commit(comp, run)
         listing = _remote_files(comp, commit, run)
     except DownloadError as e:
-        if not isinstance(e.__cause__, (*_transport_errors(), hf.LocalEntryNotFoundError)):
+        if not isinstance(e.__cause__, (*transport_errors(), hf.LocalEntryNotFoundError)):
             raise
         raise DownloadError(_how_to_download(comp, run.root, f"the hub cannot be reached ({e})")) from e
     logger.info("%s: downloading %d files of %s@%s into %s", comp.name, len(listing), comp.repo_id, commit, folder)

@@ -32,7 +32,7 @@ import torch
 
 from songstep.constants import AUDIO_CODE_COUNT, AUDIO_CODE_TOKEN, ENDOFTEXT, THINK_END, THINK_START
 from songstep.errors import CheckpointError, SongstepError
-from songstep.models.folders import component_folder
+from songstep.models.folders import check_finite, check_loading_info, component_folder
 from songstep.models.lm_backend import (
     STEPWISE,
     WHOLE_REQUEST,
@@ -348,8 +348,11 @@ def load_lm(
     if backend == "vllm":
         return _load_vllm(path, dt, vllm_options or {})
     with component_folder(path, "planner LM") as root:
-        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(root, dtype=dt, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+        model, info = AutoModelForCausalLM.from_pretrained(root, dtype=dt, trust_remote_code=False, local_files_only=True,
+                                                           use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True)
+    check_loading_info(info, root, "planner LM")
+    check_finite(model.state_dict().items(), f"planner LM at {root}")
     if getattr(model.config, "model_type", "") != "qwen3":
         logger.warning("LM at %s is %r, expected a qwen3 model", root, model.config.model_type)
     codes = find_audio_codes(tokenizer)

@@ -234,6 +234,7 @@ class VLLMBackend:
             enable_prefix_caching=True,
             distributed_executor_backend="uni",
             enforce_eager=(not on_cuda) if enforce_eager is None else enforce_eager,
+            load_format="safetensors",  # never pickles (vLLM's "auto" falls back to .bin)
             seed=0,
         )
         if on_cuda and "gpu_memory_utilization" not in engine_kwargs:

@@ -26,7 +26,7 @@ import torch
 
 from songstep.constants import CAPTION_MAX_TOKENS, LYRICS_MAX_TOKENS, TEXT_PAD_ID
 from songstep.errors import CheckpointError, InvalidRequest, ModelNotFound
-from songstep.models.folders import component_folder
+from songstep.models.folders import check_finite, check_loading_info, component_folder
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,10 @@ class TextEncoder:
             raise ModelNotFound(f"no text tokenizer at {tok_path} (tokenizer.json missing)")
         with component_folder(path, "text encoder") as path:
             tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=False, local_files_only=True)
-            model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False, local_files_only=True)
+            model, info = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False, local_files_only=True,
+                                                    use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True)
+        check_loading_info(info, path, "text encoder")
+        check_finite(model.state_dict().items(), f"text encoder at {path}")
         logger.info("loaded text encoder from %s (%s, %s)", path, device, dtype)
         return cls(model.to(device=device, dtype=dtype), tokenizer)
 

@@ -48,7 +48,7 @@ from songstep.constants import (
     SAMPLE_RATE,
 )
 from songstep.errors import CheckpointError, InvalidAudio, InvalidRequest, ModelNotFound
-from songstep.models.folders import component_folder
+from songstep.models.folders import check_finite, check_loading_info, component_folder
 
 logger = logging.getLogger(__name__)
 
@@ -145,9 +145,12 @@ class VAE:
         from diffusers import AutoencoderOobleck
 
         with component_folder(path, "VAE") as path:
-            model = AutoencoderOobleck.from_pretrained(
-                path, use_safetensors=True, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False
+            model, info = AutoencoderOobleck.from_pretrained(
+                path, use_safetensors=True, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False, ignore_mismatched_sizes=True,
+                output_loading_info=True,
             )
+        check_loading_info(info, path, "VAE")
+        check_finite(model.state_dict().items(), f"VAE at {path}")
         vae = cls(model.to(device))
         vae._check_official(path)
         logger.info("loaded VAE from %s (%s, %s)", path, device, dtype)
@@ -316,6 +319,7 @@ def load_silence_latent(path: str | Path) -> torch.Tensor:
         raise CheckpointError(
             f"silence latent {path} must be a float tensor [1, {LATENT_CHANNELS}, N], got {desc}"
         )
+    check_finite([("silence latent", value)], str(path))
     return value.float().transpose(1, 2).contiguous()
 
 

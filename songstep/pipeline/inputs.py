@@ -57,6 +57,7 @@ def load_wave(source) -> torch.Tensor:
             wave = wave[None]
         if wave.dim() != 2 or wave.shape[0] not in (1, 2) or wave.shape[1] == 0:
             raise InvalidRequest(f"audio tensors must be [channels ≤ 2, samples] at 48 kHz, got {tuple(wave.shape)}")
+        audio.warn_clipping(wave, "the audio tensor")
         return (wave.expand(2, -1) if wave.shape[0] == 1 else wave).clamp(-1, 1).contiguous()
     return audio.load_audio(source, max_seconds=MAX_DURATION)
 

@@ -28,6 +28,9 @@ def _model_flags(p: argparse.ArgumentParser, *, dit: bool = True) -> None:
     g.add_argument("--offline", action="store_true", help="never touch the network")
     if dit:
         g.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None, help="keep idle parts on the CPU (default: by GPU tier)")
+        g.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
+                       help="torch.compile the DiT, one compile per 30 s length bucket (backend: inductor)")
+        g.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only DiT (needs songstep[quant])")
 
 
 def _song_flags(p: argparse.ArgumentParser) -> None:
@@ -269,7 +272,8 @@ def run_task(args: argparse.Namespace) -> int:
     variant = args.variant or ("base" if get_task(kw["task"]).needs_turbo_off else "turbo")
     pipe = Pipeline.from_pretrained(args.model, variant=variant, device=args.device, offload=args.offload, root=args.root,
                                     offline=args.offline, lm=_lm_choice(args),
-                                    lm_backend=getattr(args, "lm_backend", "transformers"))
+                                    lm_backend=getattr(args, "lm_backend", "transformers"),
+                                    compile=args.compile, quantize=args.quantize)
     if pipe.planner is not None and getattr(args, "max_new_tokens", None):
         pipe.planner.max_new_tokens = args.max_new_tokens
     progress, close = _progress_bar(args.quiet)
@@ -388,7 +392,11 @@ def run_info(args: argparse.Namespace) -> int:
         free, total = torch.cuda.mem_get_info()
         info.update(gpu=torch.cuda.get_device_name(), free_gib=round(free / 2**30, 2), total_gib=round(total / 2**30, 2))
     tier = detect_tier(device)
-    info["tier"] = {"name": tier.name, "max_batch": tier.max_batch, "lm": tier.lm, "offload": tier.offload}
+    info["tier"] = {"name": tier.name, "max_batch": tier.max_batch, "lm": tier.lm, "offload": tier.offload,
+                    "max_duration": tier.max_duration, "max_duration_lm": tier.max_duration_lm}
+    from songstep.models.precision import describe
+
+    info["precision"] = describe(device)
     installed = {}
     for comp in hub.list_components():
         folder = root / comp.folder

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from songstep.config import DiTConfig
 from songstep.errors import CheckpointError, ModelNotFound
 from songstep.models.dit import DiTModel
+from songstep.models.precision import compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ CONFIG_NAME = "config.json"
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on CUDA, fp32 elsewhere (upstream's choice)."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    """bf16 on CUDA GPUs with native bf16 (compute capability ≥ 8.0), fp32 on older GPUs and
+    elsewhere; never fp16 (see `songstep.models.precision`)."""
+    return compute_dtype(device)
 
 
 def weight_files(folder: Path, weights_name: str = WEIGHTS_NAME, index_name: str = INDEX_NAME) -> list[Path]:

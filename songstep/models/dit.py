@@ -96,9 +96,19 @@ class DiTDecoder(nn.Module):
         cross_kv: CrossKV | None = None,
     ) -> torch.Tensor:
         """x_t [B, T, 64], t [B], r [B], encoder states [B, Lenc, E] (or their `cross_kv`),
-        context [B, T, 128] → velocity [B, T, 64]. Masks are not taken: the DiT ignores them."""
+        context [B, T, 128] → velocity [B, T, 64]. Masks are not taken: the DiT ignores them.
+        With `songstep.models.dit_compile.compile_decoder` applied, the call runs through its
+        length-bucketed compiled body."""
         if cross_kv is None:
             cross_kv = self.cross_kv(encoder_hidden_states)
+        runner = self.__dict__.get("bucketed")
+        if runner is not None:
+            return runner(hidden_states, timestep, timestep_r, context_latents, cross_kv)
+        return self.body(hidden_states, timestep, timestep_r, context_latents, cross_kv)
+
+    def body(self, hidden_states, timestep, timestep_r, context_latents, cross_kv, token_mask=None) -> torch.Tensor:
+        """The network on [B, T] frames. `token_mask` [1, T/p] (True = a real patch) hides padded
+        patches from every self-attention key (bucketed lengths); None = every patch is real."""
         temb_t, proj_t = self.time_embed(timestep)
         temb_r, proj_r = self.time_embed_r(timestep - timestep_r)
         temb, tproj = temb_t + temb_r, proj_t + proj_r
@@ -109,7 +119,7 @@ class DiTDecoder(nn.Module):
             z = F.pad(z, (0, 0, 0, pad))
         x = self.proj_in(z)
         rope = self.rotary_emb(x.shape[1], x.dtype)
-        masks = MaskSet(x.shape[1], self.cfg.sliding_window, None, x.device)
+        masks = MaskSet(x.shape[1], self.cfg.sliding_window, token_mask, x.device, padded=token_mask is not None)
         for i, layer in enumerate(self.layers):
             x = layer(x, tproj, rope, masks.get(self.cfg.layer_is_sliding(i)), cross_kv[i])
         shift, scale = (self.scale_shift_table + temb[:, None, :]).chunk(2, dim=1)

@@ -69,7 +69,12 @@ def load_components(
     offload: bool = False,
     root: str | Path = "checkpoints",
     offline: bool = False,
+    compile: bool | str = False,
+    quantize: str | None = None,
 ) -> Components:
+    """`compile`: True (inductor) or a `torch.compile` backend name runs the DiT decoder compiled
+    at bucketed lengths (one compile per 30 s bucket and batch size); `quantize="int8"`: torchao
+    int8 weight-only DiT linears."""
     if variant not in VARIANTS:
         raise InvalidRequest(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -85,8 +90,20 @@ def load_components(
             f"text encoder width {text.hidden_size} does not match the DiT's text_hidden_dim "
             f"{dit.config.text_hidden_dim}"
         )
+    optimize_dit(dit, compile=compile, quantize=quantize)
     log.info("loaded %s on %s (%s)%s", variant, device, dtype, ", offloading idle parts" if offload else "")
     return Components(dit, vae, text, silence, variant, folders, device, offload)
+
+
+def optimize_dit(dit: DiTModel, *, compile: bool | str = False, quantize: str | None = None) -> None:
+    if quantize is not None:
+        from songstep.models.quantize import quantize_dit
+
+        quantize_dit(dit, quantize)
+    if compile:
+        from songstep.models.dit_compile import compile_decoder
+
+        compile_decoder(dit.decoder, "inductor" if compile is True else str(compile))
 
 
 LM_SIZES = ("0.6B", "1.7B", "4B")

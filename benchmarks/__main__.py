@@ -1,0 +1,111 @@
+"""`python -m benchmarks --out DIR`: every stage of songstep on random weights, beside diffusers'
+DiT port, against each stage's physical floor.
+
+    python -m benchmarks --out bench --tiny            # CPU, tiny random models, a minute or two
+    python -m benchmarks --out bench --compile         # CUDA, full size (bf16 where native), every stage
+
+Writes DIR/results.json (rows: stage, impl, duration_s, batch, ms, peak_mb, floor_ms, floor_ratio
+and extras), DIR/results.md (the table and a 240 s summary), DIR/results.png (ms against song
+length per stage) and DIR/meta.json (device, peaks). Stages: text (encoder), lm (planner: CoT +
+codes of one song, tokens/s), dit (ms per step; songstep, songstep compiled, songstep int8,
+diffusers), dit-cfg (the CFG batch), vae (decode), e2e (the pipeline without the LM) and
+e2e+lm (e2e plus the LM at batch 1). See benchmarks/floors.py for the floors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import report, stage_dit, stages, suite
+
+STAGES = ("text", "lm", "dit", "dit-cfg", "vae", "e2e")
+log = logging.getLogger("benchmarks")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tiny", action="store_true", help="tiny random models on the CPU in fp32")
+    ap.add_argument("--device", default=None, help="default: cuda (full size), cpu (--tiny)")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    ap.add_argument("--durations", nargs="+", type=float, default=[30, 120, 240, 600])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
+    ap.add_argument("--steps", type=int, default=8, help="DiT steps per timed loop (turbo: 8)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--lm-duration", type=float, default=240.0, help="song length of the LM row")
+    ap.add_argument("--compile", nargs="?", const="auto", default=None, metavar="BACKEND",
+                    help="add compiled DiT rows (auto: inductor on CUDA, aot_eager on CPU)")
+    ap.add_argument("--no-diffusers", dest="diffusers", action="store_false")
+    ap.add_argument("--no-int8", dest="int8", action="store_false")
+    ap.add_argument("--focus", nargs="*", default=None, metavar="SECONDSxBATCH",
+                    help="shapes of the compiled/int8 rows (default: 240x1 240x8 full size, all on --tiny)")
+    return ap.parse_args(argv)
+
+
+def _focus(args, setup) -> set:
+    if args.focus is None:
+        specs = [] if setup.tiny else ["240x1", "240x8"]
+    else:
+        specs = args.focus
+    shapes = set()
+    for spec in specs:
+        seconds, batch = spec.lower().split("x")
+        shapes.add((float(seconds), int(batch)))
+    return shapes
+
+
+def collect(args, setup) -> list[dict]:
+    rows: list[dict] = []
+    durations, batches, chosen = [float(d) for d in args.durations], args.batches, set(args.stages)
+    impls = ("songstep", "diffusers") if args.diffusers else ("songstep",)
+    timed = {}
+    for stage in STAGES:
+        if stage not in chosen:
+            continue
+        start = time.perf_counter()
+        if stage == "text":
+            rows += stages.text_rows(setup, batches)
+        elif stage == "lm":
+            rows += stages.lm_rows(setup, args.lm_duration)
+        elif stage in ("dit", "dit-cfg"):
+            rows += stage_dit.dit_rows(setup, durations, batches, stage, impls)
+        elif stage == "vae":
+            rows += stages.vae_rows(setup, durations, batches)
+        else:
+            rows += stages.e2e_rows(setup, durations, batches, stages.stage_floors(rows, setup.steps))
+            rows += stages.with_lm_rows(rows)
+        timed[stage] = round(time.perf_counter() - start, 1)
+        log.info("%s done in %.1f s", stage, timed[stage])
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    setup = suite.build(args.tiny, args.device)
+    setup.steps, setup.repeats, setup.quantize = args.steps, args.repeats, args.int8
+    setup.focus_shapes = _focus(args, setup)
+    if args.compile:
+        setup.compile_backend = args.compile if args.compile != "auto" else (
+            "inductor" if setup.device.type == "cuda" else "aot_eager")
+    rows = collect(args, setup)
+    meta = {"device": setup.peaks.name, "dtype": str(setup.dtype).removeprefix("torch."), "tiny": setup.tiny,
+            "peak_tflops": setup.peaks.flops / 1e12, "peak_tbps": setup.peaks.bandwidth / 1e12,
+            "peaks_source": setup.peaks.source, "steps": setup.steps, "enc_tokens": setup.enc_tokens,
+            "torch": torch.__version__, "compile": setup.compile_backend}
+    report.write_json(rows, meta, args.out)
+    report.write_markdown(rows, meta, args.out)
+    report.write_plot(rows, args.out)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

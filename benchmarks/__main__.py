@@ -15,6 +15,7 @@ e2e+lm (e2e plus the LM at batch 1). See benchmarks/floors.py for the floors.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ def parse(argv=None) -> argparse.Namespace:
                     help="add compiled DiT rows (auto: inductor on CUDA, aot_eager on CPU)")
     ap.add_argument("--no-diffusers", dest="diffusers", action="store_false")
     ap.add_argument("--no-int8", dest="int8", action="store_false")
+    ap.add_argument("--cfg-batches", nargs="+", type=int, default=None, help="batches of dit-cfg (default: --batches)")
+    ap.add_argument("--include", type=Path, default=None, metavar="RESULTS_JSON",
+                    help="rows of an earlier run to add (e.g. its lm rows, run in their own process)")
     ap.add_argument("--focus", nargs="*", default=None, metavar="SECONDSxBATCH",
                     help="shapes of the compiled/int8 rows (default: 240x1 240x8 full size, all on --tiny)")
     return ap.parse_args(argv)
@@ -60,8 +64,11 @@ def _focus(args, setup) -> set:
     return shapes
 
 
-def collect(args, setup) -> list[dict]:
+def collect(args, setup, write) -> list[dict]:
+    """Every chosen stage in order; `write(rows)` after each, so a run cut short keeps its rows."""
     rows: list[dict] = []
+    if args.include is not None and args.include.is_file():
+        rows += json.loads(args.include.read_text(encoding="utf-8"))
     durations, batches, chosen = [float(d) for d in args.durations], args.batches, set(args.stages)
     impls = ("songstep", "diffusers") if args.diffusers else ("songstep",)
     timed = {}
@@ -73,8 +80,10 @@ def collect(args, setup) -> list[dict]:
             rows += stages.text_rows(setup, batches)
         elif stage == "lm":
             rows += stages.lm_rows(setup, args.lm_duration)
-        elif stage in ("dit", "dit-cfg"):
+        elif stage == "dit":
             rows += stage_dit.dit_rows(setup, durations, batches, stage, impls)
+        elif stage == "dit-cfg":
+            rows += stage_dit.dit_rows(setup, durations, args.cfg_batches or batches, stage, impls)
         elif stage == "vae":
             rows += stages.vae_rows(setup, durations, batches)
         else:
@@ -82,6 +91,7 @@ def collect(args, setup) -> list[dict]:
             rows += stages.with_lm_rows(rows)
         timed[stage] = round(time.perf_counter() - start, 1)
         log.info("%s done in %.1f s", stage, timed[stage])
+        write(rows)
     return rows
 
 
@@ -95,14 +105,17 @@ def main(argv=None) -> int:
     if args.compile:
         setup.compile_backend = args.compile if args.compile != "auto" else (
             "inductor" if setup.device.type == "cuda" else "aot_eager")
-    rows = collect(args, setup)
     meta = {"device": setup.peaks.name, "dtype": str(setup.dtype).removeprefix("torch."), "tiny": setup.tiny,
             "peak_tflops": setup.peaks.flops / 1e12, "peak_tbps": setup.peaks.bandwidth / 1e12,
             "peaks_source": setup.peaks.source, "steps": setup.steps, "enc_tokens": setup.enc_tokens,
             "torch": torch.__version__, "compile": setup.compile_backend}
-    report.write_json(rows, meta, args.out)
-    report.write_markdown(rows, meta, args.out)
-    report.write_plot(rows, args.out)
+
+    def write(rows: list[dict]) -> None:
+        report.write_json(rows, meta, args.out)
+        report.write_markdown(rows, meta, args.out)
+        report.write_plot(rows, args.out)
+
+    write(collect(args, setup, write))
     log.info("wrote %s", args.out)
     return 0
 

@@ -88,8 +88,13 @@ def blend_boundaries(x: torch.Tensor, repaint: Repaint, frames: int) -> torch.Te
     return m * x + (1 - m) * repaint.clean
 
 
-def _in_interval(t: float, interval: tuple[float, float], dtype: torch.dtype) -> bool:
+def _interval_ends(interval: tuple[float, float], dtype: torch.dtype) -> tuple[float, float]:
     lo, hi = (torch.tensor(v, dtype=dtype).item() for v in interval)
+    return lo, hi
+
+
+def _in_interval(t: float, interval: tuple[float, float], dtype: torch.dtype) -> bool:
+    lo, hi = _interval_ends(interval, dtype)
     return lo <= t <= hi
 
 
@@ -99,11 +104,17 @@ class _State:
     dtype: torch.dtype
     guidance_state: dict = field(default_factory=dict)
     prev_v: torch.Tensor | None = None
+    interval: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        # the CFG interval's ends rounded to the model dtype once, before the loop (the loop
+        # itself then holds no tensor-to-Python conversion)
+        self.interval = _interval_ends(self.options.cfg_interval, self.dtype)
 
     def guided(self, velocity: VelocityFn, x, t: float, branch: int, corrector: bool = False):
         cond, uncond = velocity(x, t, branch, corrector)
         o = self.options
-        if uncond is None or not _in_interval(t, o.cfg_interval, self.dtype):
+        if uncond is None or not self.interval[0] <= t <= self.interval[1]:
             return cond
         fn = get_guidance(o.guidance)
         return fn(cond, uncond, o.guidance_scale, self.guidance_state, latents=x, sigma=t, corrector=corrector)
@@ -162,6 +173,7 @@ def sample(
     cutoff = round(options.repaint_injection_ratio * n)
     heun = options.solver == "heun" and options.method == "ode"
     draw = sde_noise or torch.randn_like
+    dts = [round_scalar(times[i] - times[i + 1], noise.dtype) for i in range(n)]  # host-side, before the loop
     for i in range(n):
         t, t_next, last = times[i], times[i + 1], i == n - 1
         branch = 0 if i < cover_steps else 1
@@ -175,14 +187,15 @@ def sample(
             x0 = x - v * t
             x = t_after * draw(x0) + (1 - t_after) * x0
         else:
-            dt = round_scalar(t - t_next, noise.dtype)
+            dt = dts[i]
             if heun:
                 x, v = _heun_step(state, velocity, x, v, t, t_next, dt, branch)
             else:
                 x = x - v * dt
             # upstream's CFG loop injects with the 0-d model-dtype tensor t_next (so 1 − t rounds
-            # in that dtype); turbo uses the Python float
-            t_after = t_next if schedule.turbo else torch.tensor(t_next, dtype=noise.dtype, device=noise.device)
+            # in that dtype); turbo uses the Python float. torch.full fills it on the device
+            # (torch.tensor would copy it from the host: a stream sync every step)
+            t_after = t_next if schedule.turbo else torch.full((), t_next, dtype=noise.dtype, device=noise.device)
         x = apply_dcw(x, x_before - v_pre * t, t, options.dcw)
         state.prev_v = v
         if repaint is not None and t_after is not None and i < cutoff:

@@ -35,7 +35,7 @@ class Setup:
     device: torch.device
     dtype: torch.dtype
     tiny: bool
-    pipe: Pipeline
+    make_pipe: object  # () -> Pipeline, called when a stage first needs the models
     peaks: Peaks
     repeats: int = 2
     steps: int = 8
@@ -43,6 +43,7 @@ class Setup:
     compile_backend: str | None = None
     focus_shapes: set = field(default_factory=set)  # {(duration_s, batch)} of compiled/int8 rows; empty: all
     quantize: bool = True
+    _pipe: Pipeline | None = None
     _diffusers: object = None
     _runner: object = None
     _int8: object = None
@@ -52,6 +53,12 @@ class Setup:
         return not self.focus_shapes or (float(duration), int(batch)) in self.focus_shapes
 
     @property
+    def pipe(self) -> Pipeline:
+        if self._pipe is None:
+            self._pipe = self.make_pipe()
+        return self._pipe
+
+    @property
     def dit(self):
         return self.pipe.components.dit
 
@@ -59,15 +66,19 @@ class Setup:
 def build(tiny: bool, device: str | None) -> Setup:
     if tiny:
         dev = torch.device(device or "cpu")
-        pipe = pipeline_bench.tiny_pipeline()
         dtype = torch.float32
+
+        def make_pipe():
+            return pipeline_bench.tiny_pipeline(str(dev))
     else:
         dev = torch.device(device or "cuda")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("full size needs CUDA; use --tiny on CPU")
         dtype = compute_dtype(dev)
-        pipe = Pipeline(pipeline_bench.full_components(dev, dtype, "turbo"), detect_tier(dev))
-    setup = Setup(dev, dtype, tiny, pipe, device_peaks(dev, dtype), enc_tokens=64 if tiny else 2305)
+
+        def make_pipe():
+            return Pipeline(pipeline_bench.full_components(dev, dtype, "turbo"), detect_tier(dev))
+    setup = Setup(dev, dtype, tiny, make_pipe, device_peaks(dev, dtype), enc_tokens=64 if tiny else 2305)
     log.info("device %s (%s), peaks %.3g FLOP/s %.3g B/s (%s)", setup.peaks.name, dtype, setup.peaks.flops,
              setup.peaks.bandwidth, setup.peaks.source)
     return setup

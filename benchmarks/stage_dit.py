@@ -100,31 +100,61 @@ def dit_rows(setup: Setup, durations, batches, stage: str = "dit", impls=("songs
     return rows
 
 
+def sliding_excess_flops(cfg, tokens: int, rows: int) -> int:
+    """FLOPs a dense SDPA count includes for the keys outside the sliding window (QK^T and AV over
+    the masked pairs of every sliding layer): not needed work, so taken off the floor."""
+    w = cfg.sliding_window
+    band = sum(min(tokens, i + w + 1) - max(0, i - w) for i in range(tokens))
+    layers = sum(cfg.layer_is_sliding(i) for i in range(cfg.num_hidden_layers))
+    return 4 * rows * cfg.num_attention_heads * cfg.head_dim * (tokens * tokens - band) * layers
+
+
 def _shape(setup: Setup, stage: str, impls, duration: float, batch: int) -> list[dict]:
     frames, steps = int(duration * LATENT_HZ), setup.steps
-    rows_per_item = 2 if stage == "dit-cfg" else 1
-    x, ctx, enc = _inputs(setup, frames, batch * rows_per_item)
-    decoder = setup.dit.decoder
-    x1, ctx1, enc1 = x[:1], ctx[:1], enc[:1]
-    flops = flops_once(setup, ("dit", duration), lambda: _forward(decoder, x1, ctx1, enc1)) * batch * rows_per_item
+    rows = batch * (2 if stage == "dit-cfg" else 1)
+    x, ctx, enc = _inputs(setup, frames, rows)
+    decoder, cfg = setup.dit.decoder, setup.dit.config
+    one = (x[:1], ctx[:1], enc[:1])
+    tokens = -(-frames // cfg.patch_size)
+    flops = flops_once(setup, ("dit", duration), lambda: _count_forward(decoder, *one)) * rows
+    flops -= sliding_excess_flops(cfg, tokens, rows)
     floor = setup.peaks.floor_ms(flops, weight_bytes(decoder))
     extra = {"steps": steps, "gflop_per_step": round(flops / 1e9, 3)}
     ref = _forward(decoder, x, ctx, enc)
     ms, peak = measure(setup, _ours_loop(decoder, x, ctx, enc, steps))
     out = [row(stage, "songstep", duration, batch, ms / steps, peak, floor, loop_ms=round(ms, 3), **extra)]
+    plans = []
     if "diffusers" in impls:
-        theirs = _diffusers(setup)
-        ms, peak = measure(setup, _theirs_loop(theirs, x, ctx, enc, steps))
-        out.append(row(stage, "diffusers", duration, batch, ms / steps, peak, floor, loop_ms=round(ms, 3), **extra,
-                       **_diff(_forward(theirs, x, ctx, enc, diffusers=True), ref)))
-    if not setup.focus(duration, batch) or stage != "dit":
-        return out
-    if setup.compile_backend:
-        out.append(_compiled_row(setup, stage, duration, batch, (x, ctx, enc), ref, floor, extra))
-    if setup.quantize:
-        out += guarded(stage, "songstep-int8", duration, batch,
-                       lambda: [_int8_row(setup, stage, duration, batch, (x, ctx, enc), ref, floor, extra)])
+        plans.append(("diffusers", _diffusers_row))
+    if stage == "dit" and setup.focus(duration, batch):
+        if setup.compile_backend:
+            plans.append((f"songstep-compiled ({setup.compile_backend})", _compiled_row))
+        if setup.quantize:
+            plans.append(("songstep-int8", _int8_row))
+    for impl, fn in plans:
+        out += guarded(stage, impl, duration, batch,
+                       lambda f=fn, i=impl: [f(setup, stage, i, duration, batch, (x, ctx, enc), ref, floor, extra)])
     return out
+
+
+def _count_forward(decoder, x, ctx, enc):
+    """One eager forward on the SDPA backend (what FlopCounterMode can see)."""
+    from songstep.models import attention
+
+    backend = attention.get_backend()
+    attention.set_backend("sdpa")
+    try:
+        return _forward(decoder, x, ctx, enc)
+    finally:
+        attention.set_backend(backend)
+
+
+def _diffusers_row(setup: Setup, stage, impl, duration, batch, inputs, ref, floor, extra) -> dict:
+    theirs = _diffusers(setup)
+    x, ctx, enc = inputs
+    ms, peak = measure(setup, _theirs_loop(theirs, x, ctx, enc, setup.steps))
+    return row(stage, impl, duration, batch, ms / setup.steps, peak, floor, loop_ms=round(ms, 3), **extra,
+               **_diff(_forward(theirs, x, ctx, enc, diffusers=True), ref))
 
 
 def _diffusers(setup: Setup):
@@ -133,7 +163,7 @@ def _diffusers(setup: Setup):
     return setup._diffusers
 
 
-def _compiled_row(setup: Setup, stage, duration, batch, inputs, ref, floor, extra) -> dict:
+def _compiled_row(setup: Setup, stage, impl, duration, batch, inputs, ref, floor, extra) -> dict:
     decoder = setup.dit.decoder
     if setup._runner is None:
         setup._runner = BucketedDecoder(decoder, setup.compile_backend)
@@ -144,11 +174,10 @@ def _compiled_row(setup: Setup, stage, duration, batch, inputs, ref, floor, extr
         err = _diff(_forward(decoder, x, ctx, enc), ref)
     finally:
         decoder.__dict__.pop("bucketed", None)
-    return row(stage, f"songstep-compiled ({setup.compile_backend})", duration, batch, ms / setup.steps, peak, floor,
-               loop_ms=round(ms, 3), **extra, **err)
+    return row(stage, impl, duration, batch, ms / setup.steps, peak, floor, loop_ms=round(ms, 3), **extra, **err)
 
 
-def _int8_row(setup: Setup, stage, duration, batch, inputs, ref, floor, extra) -> dict:
+def _int8_row(setup: Setup, stage, impl, duration, batch, inputs, ref, floor, extra) -> dict:
     from songstep.models.quantize import quantize_dit
 
     if setup._int8 is None:
@@ -157,5 +186,5 @@ def _int8_row(setup: Setup, stage, duration, batch, inputs, ref, floor, extra) -
     decoder = setup._int8.decoder
     x, ctx, enc = inputs
     ms, peak = measure(setup, _ours_loop(decoder, x, ctx, enc, setup.steps))
-    return row(stage, "songstep-int8", duration, batch, ms / setup.steps, peak, floor, loop_ms=round(ms, 3), **extra,
+    return row(stage, impl, duration, batch, ms / setup.steps, peak, floor, loop_ms=round(ms, 3), **extra,
                **_diff(_forward(decoder, x, ctx, enc), ref))

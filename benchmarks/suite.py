@@ -129,6 +129,9 @@ def guarded(stage: str, impl: str, duration, batch, fn) -> list[dict]:
     except SongstepError as e:  # an optional dependency missing (torchao)
         log.warning("%s %s: %s", stage, impl, e)
         return [row(stage, impl, duration, batch, None, None, None, error=str(e))]
+    except Exception as e:  # a one-shot GPU run keeps going; the row says what failed
+        log.exception("%s %s %s s batch %s failed", stage, impl, duration, batch)
+        return [row(stage, impl, duration, batch, None, None, None, error=f"{type(e).__name__}: {str(e)[:300]}")]
 
 
 def flops_once(setup: Setup, key: tuple, fn) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import report, stage_dit, stages, suite
+from songstep.models.dit_compile import parse_compile
 
 STAGES = ("text", "lm", "dit", "dit-cfg", "vae", "e2e")
 log = logging.getLogger("benchmarks")
@@ -41,7 +42,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--lm-duration", type=float, default=240.0, help="song length of the LM row")
     ap.add_argument("--compile", nargs="?", const="auto", default=None, metavar="BACKEND",
-                    help="add compiled DiT rows (auto: inductor on CUDA, aot_eager on CPU)")
+                    help="add compiled DiT rows: auto (inductor on CUDA, aot_eager on CPU), a torch.compile mode "
+                    "(reduce-overhead: CUDA graphs) or a backend")
     ap.add_argument("--no-diffusers", dest="diffusers", action="store_false")
     ap.add_argument("--no-int8", dest="int8", action="store_false")
     ap.add_argument("--cfg-batches", nargs="+", type=int, default=None, help="batches of dit-cfg (default: --batches)")
@@ -103,12 +105,12 @@ def main(argv=None) -> int:
     setup.steps, setup.repeats, setup.quantize = args.steps, args.repeats, args.int8
     setup.focus_shapes = _focus(args, setup)
     if args.compile:
-        setup.compile_backend = args.compile if args.compile != "auto" else (
-            "inductor" if setup.device.type == "cuda" else "aot_eager")
+        auto = True if setup.device.type == "cuda" else "aot_eager"
+        setup.compile_backend, setup.compile_mode = parse_compile(auto if args.compile == "auto" else args.compile)
     meta = {"device": setup.peaks.name, "dtype": str(setup.dtype).removeprefix("torch."), "tiny": setup.tiny,
             "peak_tflops": setup.peaks.flops / 1e12, "peak_tbps": setup.peaks.bandwidth / 1e12,
             "peaks_source": setup.peaks.source, "steps": setup.steps, "enc_tokens": setup.enc_tokens,
-            "torch": torch.__version__, "compile": setup.compile_backend}
+            "torch": torch.__version__, "compile": setup.compile_backend, "compile_mode": setup.compile_mode}
 
     def write(rows: list[dict]) -> None:
         report.write_json(rows, meta, args.out)

@@ -128,7 +128,8 @@ def _shape(setup: Setup, stage: str, impls, duration: float, batch: int) -> list
         plans.append(("diffusers", _diffusers_row))
     if stage == "dit" and setup.focus(duration, batch):
         if setup.compile_backend:
-            plans.append((f"songstep-compiled ({setup.compile_backend})", _compiled_row))
+            mode = f", {setup.compile_mode}" if setup.compile_mode else ""
+            plans.append((f"songstep-compiled ({setup.compile_backend}{mode})", _compiled_row))
         if setup.quantize:
             plans.append(("songstep-int8", _int8_row))
     for impl, fn in plans:
@@ -166,7 +167,7 @@ def _diffusers(setup: Setup):
 def _compiled_row(setup: Setup, stage, impl, duration, batch, inputs, ref, floor, extra) -> dict:
     decoder = setup.dit.decoder
     if setup._runner is None:
-        setup._runner = BucketedDecoder(decoder, setup.compile_backend)
+        setup._runner = BucketedDecoder(decoder, setup.compile_backend, mode=setup.compile_mode)
     decoder.__dict__["bucketed"] = setup._runner
     try:
         x, ctx, enc = inputs

@@ -41,6 +41,7 @@ class Setup:
     steps: int = 8
     enc_tokens: int = 2305
     compile_backend: str | None = None
+    compile_mode: str | None = None
     focus_shapes: set = field(default_factory=set)  # {(duration_s, batch)} of compiled/int8 rows; empty: all
     quantize: bool = True
     _pipe: Pipeline | None = None

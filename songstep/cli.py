@@ -29,7 +29,7 @@ def _model_flags(p: argparse.ArgumentParser, *, dit: bool = True) -> None:
     if dit:
         g.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None, help="keep idle parts on the CPU (default: by GPU tier)")
         g.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
-                       help="torch.compile the DiT, one compile per 30 s length bucket (backend: inductor)")
+                       help="torch.compile the DiT, one compile per 30 s length bucket (inductor; or a mode such as reduce-overhead, or a backend)")
         g.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only DiT (needs songstep[quant])")
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKET_FRAMES = 750  # 30 s of 25 Hz latents
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 RECOMPILE_LIMIT = 64  # buckets × batch sizes one process may meet
 
 
@@ -37,14 +38,16 @@ class BucketedDecoder:
     """Calls `decoder.body` at bucketed lengths, through `torch.compile` when `backend` is set
     (None: the same padding eagerly, for checking that padding leaves the numbers alone)."""
 
-    def __init__(self, decoder, backend: str | None = "inductor", bucket_frames: int = DEFAULT_BUCKET_FRAMES) -> None:
+    def __init__(
+        self, decoder, backend: str | None = "inductor", bucket_frames: int = DEFAULT_BUCKET_FRAMES, mode: str | None = None
+    ) -> None:
         if bucket_frames < 1:
             raise ValueError(f"bucket_frames must be positive, got {bucket_frames}")
-        self.decoder, self.backend, self.bucket_frames = decoder, backend, bucket_frames
+        self.decoder, self.backend, self.bucket_frames, self.mode = decoder, backend, bucket_frames, mode
         self.body = decoder.body
         if backend is not None:
             _raise_recompile_limit()
-            self.body = torch.compile(decoder.body, backend=backend, dynamic=False)
+            self.body = torch.compile(decoder.body, backend=backend, dynamic=False, mode=mode)
         self._masks: dict[tuple[int, int, str], torch.Tensor] = {}
 
     def token_mask(self, frames: int, padded: int, device: torch.device) -> torch.Tensor:
@@ -67,6 +70,8 @@ class BucketedDecoder:
                 torch._dynamo.mark_dynamic(v, 2)
         mask = self.token_mask(frames, padded, hidden_states.device)
         out = self.body(hidden_states, timestep, timestep_r, context_latents, cross_kv, mask)
+        if self.mode is not None and "cudagraphs" not in self.mode and self.mode != "default":
+            return out[:, :frames].clone()  # CUDA graph outputs are overwritten by the next replay
         return out[:, :frames]
 
 
@@ -76,11 +81,25 @@ def _raise_recompile_limit() -> None:
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
 
 
-def compile_decoder(decoder, backend: str | None = "inductor", bucket_frames: int = DEFAULT_BUCKET_FRAMES) -> None:
+def parse_compile(option: bool | str) -> tuple[str, str | None]:
+    """`compile=` → (backend, mode): True → inductor; a torch.compile mode name ("reduce-overhead":
+    CUDA graphs, "max-autotune", ...) → inductor with that mode; any other string → that backend."""
+    if option is True:
+        return "inductor", None
+    name = str(option)
+    if name in MODES:
+        return "inductor", None if name == "default" else name
+    return name, None
+
+
+def compile_decoder(
+    decoder, backend: str | None = "inductor", bucket_frames: int = DEFAULT_BUCKET_FRAMES, mode: str | None = None
+) -> None:
     """Route `decoder.forward` through a `BucketedDecoder` (kept out of the module tree, so the
     state dict is unchanged)."""
-    decoder.__dict__["bucketed"] = BucketedDecoder(decoder, backend, bucket_frames)
-    log.info("DiT decoder: %s, lengths bucketed to %d frames", f"torch.compile({backend})" if backend else "eager", bucket_frames)
+    decoder.__dict__["bucketed"] = BucketedDecoder(decoder, backend, bucket_frames, mode)
+    log.info("DiT decoder: %s, lengths bucketed to %d frames",
+             f"torch.compile({backend}, mode={mode})" if backend else "eager", bucket_frames)
 
 
 def uncompile_decoder(decoder) -> None:

@@ -72,9 +72,9 @@ def load_components(
     compile: bool | str = False,
     quantize: str | None = None,
 ) -> Components:
-    """`compile`: True (inductor) or a `torch.compile` backend name runs the DiT decoder compiled
-    at bucketed lengths (one compile per 30 s bucket and batch size); `quantize="int8"`: torchao
-    int8 weight-only DiT linears."""
+    """`compile`: True (inductor), a `torch.compile` mode ("reduce-overhead": CUDA graphs) or a
+    backend name runs the DiT decoder compiled at bucketed lengths (one compile per 30 s bucket and
+    batch size); `quantize="int8"`: torchao int8 weight-only DiT linears."""
     if variant not in VARIANTS:
         raise InvalidRequest(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -101,9 +101,10 @@ def optimize_dit(dit: DiTModel, *, compile: bool | str = False, quantize: str | 
 
         quantize_dit(dit, quantize)
     if compile:
-        from songstep.models.dit_compile import compile_decoder
+        from songstep.models.dit_compile import compile_decoder, parse_compile
 
-        compile_decoder(dit.decoder, "inductor" if compile is True else str(compile))
+        backend, mode = parse_compile(compile)
+        compile_decoder(dit.decoder, backend, mode=mode)
 
 
 LM_SIZES = ("0.6B", "1.7B", "4B")

@@ -7,7 +7,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from songstep.models.dit_compile import BucketedDecoder, bucket_length, compile_decoder, uncompile_decoder
+from songstep.models.dit_compile import (
+    BucketedDecoder,
+    bucket_length,
+    compile_decoder,
+    parse_compile,
+    uncompile_decoder,
+)
 from songstep.testing.tiny import tiny_dit
 
 
@@ -59,6 +65,13 @@ def test_padded_patches_are_masked_not_zeroed() -> None:
         unmasked = model.decoder.body(noisy_x, t, t, noisy_ctx, kv)[:, :frames]
     torch.testing.assert_close(noisy, clean, atol=1e-5, rtol=1e-5)
     assert (unmasked - clean).abs().max() > 1e-2
+
+
+def test_parse_compile() -> None:
+    assert parse_compile(True) == ("inductor", None)
+    assert parse_compile("default") == ("inductor", None)
+    assert parse_compile("reduce-overhead") == ("inductor", "reduce-overhead")
+    assert parse_compile("aot_eager") == ("aot_eager", None)
 
 
 def _compiles() -> int:

@@ -54,6 +54,7 @@ def test_table_and_plot(results) -> None:
     table = (out / "results.md").read_text()
     assert table.count("\n| dit |") == sum(r["stage"] == "dit" for r in rows)
     assert "| dit | diffusers | 10 | 1 |" in table
+    pytest.importorskip("matplotlib")  # the [dev] extra
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     meta = json.loads((out / "meta.json").read_text())

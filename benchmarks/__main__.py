@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from benchmarks import report, stage_dit, stages, suite
-from songstep.models.dit_compile import parse_compile
+from songstep.models import attention
+from songstep.models.dit_compile import parse_compile, raise_recompile_limit
 
 STAGES = ("text", "lm", "dit", "dit-cfg", "vae", "e2e")
 log = logging.getLogger("benchmarks")
@@ -44,6 +45,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--compile", nargs="?", const="auto", default=None, metavar="BACKEND",
                     help="add compiled DiT rows: auto (inductor on CUDA, aot_eager on CPU), a torch.compile mode "
                     "(reduce-overhead: CUDA graphs) or a backend")
+    ap.add_argument("--attention", choices=("auto", "sdpa", "flex"), default="auto",
+                    help="songstep's attention backend (auto: FlexAttention for sliding layers on CUDA)")
     ap.add_argument("--no-diffusers", dest="diffusers", action="store_false")
     ap.add_argument("--no-int8", dest="int8", action="store_false")
     ap.add_argument("--cfg-batches", nargs="+", type=int, default=None, help="batches of dit-cfg (default: --batches)")
@@ -101,6 +104,8 @@ def main(argv=None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
+    attention.set_backend(args.attention)
+    raise_recompile_limit(128)  # FlexAttention compiles per sequence length: many shapes in one run
     setup = suite.build(args.tiny, args.device)
     setup.steps, setup.repeats, setup.quantize = args.steps, args.repeats, args.int8
     setup.focus_shapes = _focus(args, setup)
@@ -110,7 +115,8 @@ def main(argv=None) -> int:
     meta = {"device": setup.peaks.name, "dtype": str(setup.dtype).removeprefix("torch."), "tiny": setup.tiny,
             "peak_tflops": setup.peaks.flops / 1e12, "peak_tbps": setup.peaks.bandwidth / 1e12,
             "peaks_source": setup.peaks.source, "steps": setup.steps, "enc_tokens": setup.enc_tokens,
-            "torch": torch.__version__, "compile": setup.compile_backend, "compile_mode": setup.compile_mode}
+            "torch": torch.__version__, "compile": setup.compile_backend, "compile_mode": setup.compile_mode,
+            "attention": args.attention}
 
     def write(rows: list[dict]) -> None:
         report.write_json(rows, meta, args.out)

@@ -46,7 +46,7 @@ class BucketedDecoder:
         self.decoder, self.backend, self.bucket_frames, self.mode = decoder, backend, bucket_frames, mode
         self.body = decoder.body
         if backend is not None:
-            _raise_recompile_limit()
+            raise_recompile_limit()
             self.body = torch.compile(decoder.body, backend=backend, dynamic=False, mode=mode)
         self._masks: dict[tuple[int, int, str], torch.Tensor] = {}
 
@@ -75,10 +75,12 @@ class BucketedDecoder:
         return out[:, :frames]
 
 
-def _raise_recompile_limit() -> None:
+def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
+    """Let one process compile `limit` shapes per function (buckets × batch sizes; FlexAttention's
+    per-length kernels) before dynamo falls back to eager."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    setattr(config, name, max(getattr(config, name), limit))
 
 
 def parse_compile(option: bool | str) -> tuple[str, str | None]:

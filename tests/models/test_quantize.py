@@ -35,3 +35,27 @@ def test_int8_weight_only() -> None:
     assert torch.equal(model.decoder.condition_embedder.weight, embedder)
     err = (out - ref).abs().max() / ref.abs().max()
     assert 0 < err < 0.03, float(err)
+
+
+def test_missing_torchao_is_a_clear_error(monkeypatch) -> None:
+    import sys
+
+    from songstep.errors import SongstepError
+
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # as if torchao were not installed
+    with pytest.raises(SongstepError, match=r"needs torchao: pip install 'songstep\[quant\]'"):
+        quantize_dit(tiny_dit(), "int8")
+
+
+def test_pipeline_option(tiny_tree) -> None:
+    """`quantize="int8"` through `Pipeline.from_pretrained`: the same song within int8's error."""
+    pytest.importorskip("torchao")
+    from songstep.pipeline import Pipeline
+
+    kwargs = dict(duration=10, seed=4, steps=2)
+    plain = Pipeline.from_pretrained(tiny_tree, variant="turbo", device="cpu", lm="none").generate("pop", "", **kwargs)
+    quant = Pipeline.from_pretrained(tiny_tree, variant="turbo", device="cpu", lm="none", quantize="int8")
+    assert type(quant.components.dit.decoder.layers[0].self_attn.q_proj.weight).__name__ != "Parameter"
+    latents = quant.generate("pop", "", **kwargs).latents
+    err = (latents - plain.latents).abs().max() / plain.latents.abs().max()
+    assert 0 < err < 0.03, float(err)

@@ -51,11 +51,11 @@ def full_components(device, dtype, variant: str) -> Components:
     return Components(dit, VAE(vae_model), text, silence, variant, {}, torch.device(device))
 
 
-def tiny_pipeline() -> Pipeline:
+def tiny_pipeline(device: str = "cpu") -> Pipeline:
     from songstep.testing.tiny import write_tiny_tree
 
     root = write_tiny_tree(Path(tempfile.mkdtemp()) / "tiny", lm=False)
-    return Pipeline.from_pretrained(root, device="cpu")
+    return Pipeline.from_pretrained(root, device=device)
 
 
 def peak_gib(device) -> float | None:

@@ -47,6 +47,10 @@ def _model_flags(p: argparse.ArgumentParser, *, dit: bool = True) -> None:
     if dit:
         g.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None,
                        help="keep idle parts on the CPU (default: by GPU tier)")
+        g.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
+                       help="torch.compile the DiT, one compile per 30 s length bucket (inductor; or a mode "
+                            "such as reduce-overhead, or a backend)")
+        g.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only DiT (needs songstep[quant])")
 
 
 def _lm_flags(p: argparse.ArgumentParser, *, lm_default: str | None) -> None:
@@ -308,7 +312,8 @@ def run_task(args: argparse.Namespace) -> int:
     status(args, f"loading {variant} from {model} on {_device(args)} …")
     pipe = Pipeline.from_pretrained(model, variant=variant, device=_device(args), dtype=_dtype(args), offload=args.offload,
                                     root=args.root, offline=args.offline, lm=_lm_choice(args, request),
-                                    lm_backend=getattr(args, "lm_backend", "transformers"))
+                                    lm_backend=getattr(args, "lm_backend", "transformers"),
+                                    compile=args.compile, quantize=args.quantize)
     if args.lora:
         from songstep.lora import apply_loras
 
@@ -436,7 +441,11 @@ def run_info(args: argparse.Namespace) -> int:
         free, total = torch.cuda.mem_get_info()
         info.update(gpu=torch.cuda.get_device_name(), free_gib=round(free / 2**30, 2), total_gib=round(total / 2**30, 2))
     tier = detect_tier(device)
-    info["tier"] = {"name": tier.name, "max_batch": tier.max_batch, "lm": tier.lm, "offload": tier.offload}
+    info["tier"] = {"name": tier.name, "max_batch": tier.max_batch, "lm": tier.lm, "offload": tier.offload,
+                    "max_duration": tier.max_duration, "max_duration_lm": tier.max_duration_lm}
+    from songstep.models.precision import describe
+
+    info["precision"] = describe(device)
     installed = {}
     for comp in hub.list_components():
         folder = root / comp.folder

@@ -23,6 +23,7 @@ from songstep.loading import diffusers_map
 from songstep.loading.files import INDEX_NAME, WEIGHTS_NAME, weight_files
 from songstep.models.dit import DiTModel
 from songstep.models.folders import check_finite
+from songstep.models.precision import compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ CONFIG_NAME = "config.json"
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on CUDA, fp32 elsewhere (upstream's choice)."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    """bf16 on CUDA GPUs with native bf16 (compute capability ≥ 8.0), fp32 on older GPUs and
+    elsewhere; never fp16 (see `songstep.models.precision`)."""
+    return compute_dtype(device)
 
 
 def read_tensors(

@@ -85,8 +85,12 @@ class Mask:
 class MaskSet:
     """Masks for one sequence length: built lazily, shared by all layers of a stack."""
 
-    def __init__(self, length: int, window: int, key_mask: torch.Tensor | None, device: torch.device) -> None:
-        self.length, self.window, self.key_mask, self.device = length, window, key_mask, device
+    def __init__(
+        self, length: int, window: int, key_mask: torch.Tensor | None, device: torch.device, padded: bool | None = None
+    ) -> None:
+        """`padded`: whether `key_mask` hides any key; None = look (a host sync), True = assume so
+        (compiled bodies, where the look would break the graph)."""
+        self.length, self.window, self.key_mask, self.device, self.padded = length, window, key_mask, device, padded
         self._cache: dict[bool, Mask | None] = {}
 
     def get(self, sliding: bool) -> Mask | None:
@@ -99,7 +103,7 @@ class MaskSet:
         if sliding and self.window < self.length - 1:
             i = torch.arange(self.length, device=self.device)
             dense = ((i[:, None] - i[None, :]).abs() <= self.window)[None, None]
-        pad = self.key_mask is not None and not bool(self.key_mask.all())
+        pad = self.key_mask is not None and (self.padded or (self.padded is None and not bool(self.key_mask.all())))
         if pad:
             keys = self.key_mask.to(torch.bool)[:, None, None, :]
             dense = keys if dense is None else dense & keys

@@ -109,17 +109,27 @@ class DiTDecoder(nn.Module):
         cross_kv: CrossKV | None = None,
     ) -> torch.Tensor:
         """x_t [B, T, 64], t [B], r [B], encoder states [B, Lenc, E] (or their `cross_kv`),
-        context [B, T, 128] → velocity [B, T, 64]. Masks are not taken: the DiT ignores them."""
+        context [B, T, 128] → velocity [B, T, 64]. Masks are not taken: the DiT ignores them.
+        With `songstep.models.dit_compile.compile_decoder` applied, the call runs through its
+        length-bucketed compiled body."""
         if cross_kv is None:
             cross_kv = self.cross_kv(encoder_hidden_states)
-        x, temb, tproj, rope, masks = self._embed(hidden_states, timestep, timestep_r, context_latents)
+        runner = self.__dict__.get("bucketed")
+        if runner is not None:
+            return runner(hidden_states, timestep, timestep_r, context_latents, cross_kv)
+        return self.body(hidden_states, timestep, timestep_r, context_latents, cross_kv)
+
+    def body(self, hidden_states, timestep, timestep_r, context_latents, cross_kv, token_mask=None) -> torch.Tensor:
+        """The network on [B, T] frames. `token_mask` [1, T/p] (True = a real patch) hides padded
+        patches from every self-attention key (bucketed lengths); None = every patch is real."""
+        x, temb, tproj, rope, masks = self._embed(hidden_states, timestep, timestep_r, context_latents, token_mask)
         for i, layer in enumerate(self.layers):
             x = layer(x, tproj, rope, masks.get(self.cfg.layer_is_sliding(i)), cross_kv[i])
         shift, scale = (self.scale_shift_table + temb[:, None, :]).chunk(2, dim=1)
         x = self.norm_out(x) * (1 + scale) + shift
         return self.proj_out(x)[:, : hidden_states.shape[1]]
 
-    def _embed(self, hidden_states, timestep, timestep_r, context_latents):
+    def _embed(self, hidden_states, timestep, timestep_r, context_latents, token_mask=None):
         """(patched input [B, F, D], temb, its 6-way projection, RoPE, masks) for the layers."""
         temb_t, proj_t = self.time_embed(timestep)
         temb_r, proj_r = self.time_embed_r(timestep - timestep_r)
@@ -130,7 +140,8 @@ class DiTDecoder(nn.Module):
             z = F.pad(z, (0, 0, 0, pad))
         x = self.proj_in(z)
         rope = self.rotary_emb(x.shape[1], x.dtype)
-        return x, temb, tproj, rope, MaskSet(x.shape[1], self.cfg.sliding_window, None, x.device)
+        masks = MaskSet(x.shape[1], self.cfg.sliding_window, token_mask, x.device, padded=token_mask is not None)
+        return x, temb, tproj, rope, masks
 
     def cross_attention_probs(
         self,

@@ -83,10 +83,15 @@ def load_components(
     offload: bool = False,
     root: str | Path = "checkpoints",
     offline: bool = False,
+    compile: bool | str = False,
+    quantize: str | None = None,
 ) -> Components:
     """The DiT of `variant`, its silence latent, the VAE and the text encoder from `model` (a
     checkpoints root, official or diffusers layout, or a hub repository). A diffusers repository
-    holds one DiT: its own variant is used (a different `variant` is logged)."""
+    holds one DiT: its own variant is used (a different `variant` is logged). `compile`: True
+    (inductor), a `torch.compile` mode ("reduce-overhead": CUDA graphs) or a backend name runs the
+    DiT decoder compiled at bucketed lengths (one compile per 30 s bucket and batch size);
+    `quantize="int8"`: torchao int8 weight-only DiT linears."""
     if variant not in VARIANTS:
         raise InvalidRequest(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -109,6 +114,7 @@ def load_components(
             f"text encoder width {text.hidden_size} does not match the DiT's text_hidden_dim "
             f"{dit.config.text_hidden_dim}"
         )
+    optimize_dit(dit, compile=compile, quantize=quantize)
     log.info("loaded %s on %s (%s)%s", variant, device, dtype, ", offloading idle parts" if offload else "")
     return Components(dit, vae, text, silence, variant, folders, device, offload)
 
@@ -216,6 +222,18 @@ def describe_model(model: str | Path, *, root: str | Path = "checkpoints") -> di
     return {"model": str(model), "layout": "official", "checked": "local folder: used as it is (checksums guard downloads)",
             "variants": variants, "digests": {k: weights_digest(v) for k, v in variants.items()},
             "folders": {k: v for k, v in found.items() if k not in VARIANTS}}
+
+
+def optimize_dit(dit: DiTModel, *, compile: bool | str = False, quantize: str | None = None) -> None:
+    if quantize is not None:
+        from songstep.models.quantize import quantize_dit
+
+        quantize_dit(dit, quantize)
+    if compile:
+        from songstep.models.dit_compile import compile_decoder, parse_compile
+
+        backend, mode = parse_compile(compile)
+        compile_decoder(dit.decoder, backend, mode=mode)
 
 
 LM_SIZES = ("0.6B", "1.7B", "4B")

@@ -112,18 +112,23 @@ class Pipeline(LoraMixin):
         lm: str | Path | None = "auto",
         lm_backend: str = "transformers",
         vllm_options: dict | None = None,
+        compile: bool | str = False,
+        quantize: str | None = None,
     ) -> Pipeline:
         """Load from a local checkpoints directory or a hub repository (downloaded into `root`).
         `offload=None` follows the GPU tier picked from free memory (≤ 12 GB: offload).
         `lm`: the planner — "auto" (the tier's size; none on CPU or ≤ 6 GB), "none", "0.6B",
         "1.7B", "4B" or an LM folder; `lm_backend`: "transformers" or "vllm" (the `[vllm]`
-        extra; `vllm_options` go to `VLLMBackend`). `torch_dtype` is diffusers' name for `dtype`."""
+        extra; `vllm_options` go to `VLLMBackend`). `torch_dtype` is diffusers' name for `dtype`.
+        `compile` (True or a backend name) and `quantize` ("int8") optimise the DiT (see
+        `load_components`)."""
         dtype = dtype or torch_dtype
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tier = tier or detect_tier(dev)
         offload = tier.offload if offload is None else offload
         components = load_components(
-            model, variant=variant, device=dev, dtype=dtype, offload=offload, root=root, offline=offline
+            model, variant=variant, device=dev, dtype=dtype, offload=offload, root=root, offline=offline,
+            compile=compile, quantize=quantize,
         )
         folder = resolve_lm(model, lm, tier.lm, root, offline)
         planner = None

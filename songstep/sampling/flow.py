@@ -17,7 +17,7 @@ import torch
 
 from songstep.sampling.dcw import DCWOptions, apply_dcw
 from songstep.sampling.guidance import get_guidance
-from songstep.sampling.schedules import Schedule
+from songstep.sampling.schedules import Schedule, round_scalar
 from songstep.sampling.solvers import Step, get_solver, x0_jump
 
 VelocityFn = Callable[[torch.Tensor, float, int, bool], tuple[torch.Tensor, torch.Tensor | None]]
@@ -88,8 +88,13 @@ def blend_boundaries(x: torch.Tensor, repaint: Repaint, frames: int) -> torch.Te
     return m * x + (1 - m) * repaint.clean
 
 
-def _in_interval(t: float, interval: tuple[float, float], dtype: torch.dtype) -> bool:
+def _interval_ends(interval: tuple[float, float], dtype: torch.dtype) -> tuple[float, float]:
     lo, hi = (torch.tensor(v, dtype=dtype).item() for v in interval)
+    return lo, hi
+
+
+def _in_interval(t: float, interval: tuple[float, float], dtype: torch.dtype) -> bool:
+    lo, hi = _interval_ends(interval, dtype)
     return lo <= t <= hi
 
 
@@ -99,11 +104,17 @@ class _State:
     dtype: torch.dtype
     guidance_state: dict = field(default_factory=dict)
     prev_v: torch.Tensor | None = None
+    interval: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        # the CFG interval's ends rounded to the model dtype once, before the loop (the loop
+        # itself then holds no tensor-to-Python conversion)
+        self.interval = _interval_ends(self.options.cfg_interval, self.dtype)
 
     def guided(self, velocity: VelocityFn, x, t: float, branch: int, corrector: bool = False):
         cond, uncond = velocity(x, t, branch, corrector)
         o = self.options
-        if uncond is None or not _in_interval(t, o.cfg_interval, self.dtype):
+        if uncond is None or not self.interval[0] <= t <= self.interval[1]:
             return cond
         fn = get_guidance(o.guidance)
         return fn(cond, uncond, o.guidance_scale, self.guidance_state, latents=x, sigma=t, corrector=corrector)
@@ -154,13 +165,14 @@ def sample(
     cutoff = round(options.repaint_injection_ratio * n)
     solver = get_solver("sde" if options.method == "sde" else options.solver)
     draw = sde_noise or torch.randn_like
+    dts = [round_scalar(times[i] - times[i + 1], noise.dtype) for i in range(n)]  # host-side, before the loop
     for i in range(n):
         t, t_next, last = times[i], times[i + 1], i == n - 1
         branch = 0 if i < cover_steps else 1
         v = state.ema(state.clamp(state.guided(velocity, x, t, branch), x), state.prev_v)
         x_before, v_pre = x, v
         step = solver if not (schedule.turbo and last) else x0_jump
-        x, v, t_after = step(Step(state, velocity, x, v, t, t_next, i, n, schedule.turbo, branch, draw))
+        x, v, t_after = step(Step(state, velocity, x, v, t, t_next, dts[i], i, n, schedule.turbo, branch, draw))
         x = apply_dcw(x, x_before - v_pre * t, t, options.dcw)
         state.prev_v = v
         if repaint is not None and t_after is not None and i < cutoff:

@@ -21,8 +21,6 @@ from typing import Any
 
 import torch
 
-from songstep.sampling.schedules import round_scalar
-
 
 @dataclass(frozen=True)
 class Step:
@@ -32,6 +30,7 @@ class Step:
     v: torch.Tensor
     t: float
     t_next: float
+    dt: float  # t − t_next rounded to the model dtype (computed before the loop: no host sync per step)
     index: int
     num_steps: int
     turbo: bool
@@ -41,17 +40,17 @@ class Step:
 
 def _after(s: Step):
     # upstream's CFG loop injects with the 0-d model-dtype tensor t_next (so 1 − t rounds in that
-    # dtype); turbo uses the Python float
-    return s.t_next if s.turbo else torch.tensor(s.t_next, dtype=s.x.dtype, device=s.x.device)
+    # dtype); turbo uses the Python float. torch.full fills it on the device (torch.tensor would
+    # copy it from the host: a stream sync every step)
+    return s.t_next if s.turbo else torch.full((), s.t_next, dtype=s.x.dtype, device=s.x.device)
 
 
 def euler(s: Step):
-    dt = round_scalar(s.t - s.t_next, s.x.dtype)
-    return s.x - s.v * dt, s.v, _after(s)
+    return s.x - s.v * s.dt, s.v, _after(s)
 
 
 def heun(s: Step):
-    dt = round_scalar(s.t - s.t_next, s.x.dtype)
+    dt = s.dt
     x_pred = s.x - s.v * dt
     v2 = s.state.clamp(s.state.guided(s.velocity, x_pred, s.t_next, s.branch, corrector=True), x_pred)
     v2 = s.state.ema(v2, s.v)

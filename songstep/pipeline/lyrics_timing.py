@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from songstep import alignment
-from songstep.constants import ENDOFTEXT, LATENT_RATE, LYRICS_MAX_TOKENS, MAX_DURATION, SAMPLE_RATE
+from songstep.constants import ENDOFTEXT, LATENT_RATE, LYRICS_MAX_TOKENS, MAX_DURATION, MIN_DURATION, SAMPLE_RATE
 from songstep.errors import InvalidRequest
 from songstep.pipeline.components import Components
 from songstep.pipeline.inputs import load_wave, prepare
@@ -191,8 +191,6 @@ def align_latents(
 def align_result(pipe, result, request: GenerationRequest, take: int = 0, *, score: bool = True) -> LyricAlignment:
     """Align take `take` of a `GenerationResult` made by `pipe` from `request`; `result` may also
     be that take's latents [T, 64] (then the take seed is `request.seed`, else 0)."""
-    from songstep.pipeline.core import sampler_options
-
     if isinstance(result, torch.Tensor):
         latents, req, seed, duration = result, request, request.seed or 0, None
     elif result.latents is None:
@@ -200,7 +198,7 @@ def align_result(pipe, result, request: GenerationRequest, take: int = 0, *, sco
     else:
         latents, req = result.latents[take], take_request(result, request, take)
         seed, duration = result.seeds[take], result.duration
-    steps = sampler_options(req, pipe.components.dit.config, pipe.components.variant).steps
+    steps = resolve(req, pipe.components.dit.config, pipe.components.variant).sampler.steps
     with pipe._lock:
         return align_latents(pipe.components, latents, req, seed=seed, steps=steps, duration=duration, score=score)
 
@@ -221,10 +219,10 @@ def align_audio(pipe, source, lyrics: str, *, language: str = "unknown", caption
         frames = latents.shape[0]
         if frames == 0 or frames > MAX_DURATION * LATENT_RATE:
             raise InvalidRequest(f"the audio is {wave.shape[1] / SAMPLE_RATE:.2f} s; alignment needs 0.04–{MAX_DURATION:g} s")
-        request = request.replace(duration=-(-(frames + 1) * 10 // LATENT_RATE) / 10)  # plans ≥ frames
-        from songstep.pipeline.core import sampler_options
-
-        steps = steps or sampler_options(request, c.dit.config, c.variant).steps
+        # plans ≥ frames (at least the shortest song a request may ask for: a shorter clip is aligned
+        # against the first frames of a 10 s plan)
+        request = request.replace(duration=max(MIN_DURATION, -(-(frames + 1) * 10 // LATENT_RATE) / 10))
+        steps = steps or resolve(request, c.dit.config, c.variant).sampler.steps
         return align_latents(c, latents, request, seed=0, steps=steps, duration=wave.shape[1] / SAMPLE_RATE,
                              score=score)
 

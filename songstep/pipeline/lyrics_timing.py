@@ -24,7 +24,14 @@ from typing import Any
 import torch
 
 from songstep import alignment
-from songstep.constants import ENDOFTEXT, LATENT_RATE, LYRICS_MAX_TOKENS, MAX_DURATION, MIN_DURATION, SAMPLE_RATE
+from songstep.constants import (
+    ENDOFTEXT,
+    LATENT_RATE,
+    LYRICS_MAX_TOKENS,
+    MAX_DURATION,
+    MIN_DURATION,
+    SAMPLE_RATE,
+)
 from songstep.errors import InvalidRequest
 from songstep.pipeline.components import Components
 from songstep.pipeline.inputs import load_wave, prepare

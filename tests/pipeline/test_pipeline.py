@@ -186,8 +186,11 @@ def test_vae_decode_degrades_instead_of_failing(turbo, monkeypatch, failures, la
 
 
 def test_checkpoint_distilled_at_one_shift_defaults_to_it(turbo) -> None:
-    from songstep.pipeline.core import sampler_options
+    from songstep.pipeline.plan import resolve
     from songstep.request import GenerationRequest
+
+    def sampler_options(request, cfg, variant):
+        return resolve(request, cfg, variant).sampler
 
     cfg = turbo.components.dit.config
     request = GenerationRequest(caption="x", duration=10)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import torch
 
 from songstep.config import tiny_config
-from songstep.pipeline.inputs import resolve_seeds
+from songstep.request import take_seeds as resolve_seeds
 
 
 @dataclass

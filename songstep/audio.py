@@ -1,4 +1,4 @@
-"""Audio I/O and post-processing (spec pipeline.md §6): load / resample / pad, anti-clip and
+"""Audio I/O and post-processing: load / resample / pad, anti-clip and
 normalisation, and atomic, byte-reproducible writing of wav, flac, mp3 and ogg files carrying the
 generation parameters in their tags.
 

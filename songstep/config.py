@@ -168,7 +168,7 @@ class DiTConfig:
             raise CheckpointError(f"{path}: invalid config.json ({e})") from e
 
 
-# Full-size presets (spec dit.md §2). `variant` names as users type them.
+# Full-size presets. `variant` names as users type them.
 _XL = dict(
     hidden_size=2560,
     intermediate_size=9728,
@@ -202,7 +202,7 @@ def preset(variant: str) -> DiTConfig:
 
 
 def tiny_config(xl: bool = False, is_turbo: bool = True, **overrides: Any) -> DiTConfig:
-    """The fixtures' tiny profile (README §2.2): builds in milliseconds."""
+    """The fixtures' tiny profile (the fixtures README, section 2.2): builds in milliseconds."""
     base: dict[str, Any] = dict(
         hidden_size=64,
         intermediate_size=128,

@@ -1,4 +1,4 @@
-"""Fixed facts of ACE-Step 1.5: audio rates, limits, vocabularies (spec pipeline.md §2.5)."""
+"""Fixed facts of ACE-Step 1.5: audio rates, limits, vocabularies."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Pure string builders and parsers for the DiT text inputs and the 5 Hz LM planner.
 
-Everything here is text in, text out (spec pipeline.md §2, §5.1, §5.2, §5.6, §5.8): the DiT
+Everything here is text in, text out: the DiT
 caption and lyric prompts with their `# Metas` block, the CoT block the LM reads in phase 2,
 the LM chat messages (newest layout by default, the legacy layout on request), the parser of
 LM output and the REST `sample_query` hints. Rendering a chat prompt is delegated to any
@@ -24,7 +24,7 @@ from songstep.errors import CheckpointError
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
-# Fixed strings (spec §2.1, §2.4, §5.1)
+# Fixed strings
 # ---------------------------------------------------------------------------------------------
 
 SFT_GEN_PROMPT = "# Instruction\n{}\n\n# Caption\n{}\n\n# Metas\n{}" + ENDOFTEXT + "\n"
@@ -46,7 +46,7 @@ IM_END = "<|im_end|>"
 COT_KEYS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
 
 # ---------------------------------------------------------------------------------------------
-# DiT prompts (spec §2.1, §2.2)
+# DiT prompts
 # ---------------------------------------------------------------------------------------------
 
 _SFT_CAPTION_RE = re.compile(r"#\s*Caption\s*\n(.*?)(?:\n\s*#\s*Metas|$)", re.DOTALL)
@@ -184,7 +184,7 @@ def merge_lm_metas(metas: Mapping[str, Any], lm_metas: Mapping[str, Any] | None)
 
 
 # ---------------------------------------------------------------------------------------------
-# CoT block (spec §5.2)
+# CoT block
 # ---------------------------------------------------------------------------------------------
 
 
@@ -231,7 +231,7 @@ def format_cot(metadata: Mapping[str, Any] | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# LM chat prompts (spec §5.1, §5.8)
+# LM chat prompts
 # ---------------------------------------------------------------------------------------------
 
 
@@ -385,7 +385,7 @@ def phase2_prompt_from_phase1(rendered_phase1: str, cot_text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# LM output parsing (spec §5.6)
+# LM output parsing
 # ---------------------------------------------------------------------------------------------
 
 _CODE_RE = re.compile(r"<\|audio_code_(\d+)\|>")
@@ -506,7 +506,7 @@ def parse_lm_output(text: str | None) -> LMOutput:
 
 
 # ---------------------------------------------------------------------------------------------
-# REST `sample_query` hints (spec §5.8)
+# REST `sample_query` hints
 # ---------------------------------------------------------------------------------------------
 
 # Order matters: the first entry found in the query wins (upstream's dict order).

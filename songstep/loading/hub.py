@@ -1,4 +1,4 @@
-"""Checkpoint folders from the hub or from local directories (spec dit.md §1, pipeline.md §1).
+"""Checkpoint folders from the hub or from local directories.
 
 `COMPONENTS` maps each component to its hub repo, subfolder, upstream folder name under
 `checkpoints/`, pinned revision (where known) and known file sizes / sha256. `resolve()` returns a

@@ -1,6 +1,6 @@
 """Attention kernels behind one function.
 
-Semantics (spec dit.md §4.4, §5 step 5): non-causal; "full" layers mask only padded keys; "sliding"
+Semantics: non-causal; "full" layers mask only padded keys; "sliding"
 layers additionally allow only |i - j| <= window. The DiT passes no padding mask at all.
 
 Backends: PyTorch SDPA everywhere (default; on CUDA it dispatches to flash / memory-efficient

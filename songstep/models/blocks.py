@@ -1,6 +1,6 @@
 """Building blocks shared by the DiT, the condition encoders and the audio tokenizer.
 
-Semantics follow spec dit.md §4 exactly: Qwen3-style RMSNorm (normalise in fp32, cast back to the
+Semantics follow upstream exactly: Qwen3-style RMSNorm (normalise in fp32, cast back to the
 input dtype, then scale), SiLU-gated MLP, default RoPE with a half-split rotation, and attention
 with per-head q/k RMSNorm, GQA and optional sliding-window (|i - j| <= window) masks.
 """
@@ -42,7 +42,7 @@ class MLP(nn.Module):
 
 class Rotary(nn.Module):
     """Default RoPE. `inv_freq` is a non-persistent buffer, computed in fp32 and then cast with the
-    module (upstream's `.to(bf16)` rounds it; spec dit.md §4.3)."""
+    module (upstream's `.to(bf16)` rounds it)."""
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
@@ -173,7 +173,7 @@ class EncoderStack(nn.Module):
 
 def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features of t·1000: the product is taken in t's dtype (bf16 rounds it), the
-    angles in fp32, cos first then sin, cast back to t's dtype (spec dit.md §5 step 1)."""
+    angles in fp32, cos first then sin, cast back to t's dtype."""
     half = dim // 2
     s = t * 1000.0
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)

@@ -1,7 +1,7 @@
 """The ACE-Step 1.5 DiT: one class for every variant (2B turbo/base/sft, XL turbo/base/sft).
 
-Parameter names and shapes are the checkpoint's own (spec dit.md §3); the arithmetic follows
-spec §4–§8. XL behaviour (timbre CLS token, encoder width ≠ decoder width, FSQ in fp32) is
+Parameter names and shapes are the checkpoint's own; the arithmetic follows
+upstream's modules step by step. XL behaviour (timbre CLS token, encoder width ≠ decoder width, FSQ in fp32) is
 selected by `config.encoder_hidden_size` being set.
 """
 
@@ -203,7 +203,7 @@ class DiTModel(nn.Module):
                 m.reset_buffers(device, dtype)
         self.tokenizer.quantizer.reset_buffers(device, dtype)
 
-    # -- tokenizer helpers (spec §7.4) -------------------------------------------------
+    # -- tokenizer helpers -------------------------------------------------
     def tokenize(
         self, x: torch.Tensor, silence_latent: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,14 +233,14 @@ class DiTModel(nn.Module):
         return self.detokenizer(quantized)
 
     def codes_to_hints(self, indices: torch.Tensor) -> torch.Tensor:
-        """LM audio codes [N, n] or [N, n, Q] → 25 Hz hints [N, 5n, 64] (spec §7.4)."""
+        """LM audio codes [N, n] or [N, n, Q] → 25 Hz hints [N, 5n, 64]."""
         if indices.dim() == 2:
             indices = indices[..., None]
         indices = indices.clamp(0, self.tokenizer.quantizer.layers[0].codebook_size - 1)
         q = self.tokenizer.quantizer.get_output_from_indices(indices).to(self.dtype)
         return self.detokenizer(q)
 
-    # -- conditioning (spec §8) ------------------------------------------------------------
+    # -- conditioning ------------------------------------------------------------
     def prepare_condition(
         self,
         text_hidden_states: torch.Tensor,

@@ -1,5 +1,5 @@
 """Condition encoder (text projector, lyric encoder, timbre encoder, packing) and the attention
-pooler of the audio tokenizer (spec dit.md §6, §7.1)."""
+pooler of the audio tokenizer."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """25 Hz latents ↔ 5 Hz audio codes: the audio tokenizer (projection, attention pooler, residual
-FSQ with levels [8,8,8,5,5,5]) and the detokenizer (spec dit.md §7).
+FSQ with levels [8,8,8,5,5,5]) and the detokenizer.
 
 The FSQ follows vector-quantize-pytorch's `ResidualFSQ` inference path (symmetry-preserving levels,
 hard clamp, soft-clamp of the projected input by tanh(x/c)·c with c = 1 + 1/(L-1)); its constants are

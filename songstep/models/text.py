@@ -1,5 +1,4 @@
-"""Adapter over the Qwen3 text-embedding model (`Qwen3-Embedding-0.6B/`) through transformers
-(spec pipeline.md §1.3, §2.3, pitfalls 1-2).
+"""Adapter over the Qwen3 text-embedding model (`Qwen3-Embedding-0.6B/`) through transformers.
 
 * Captions: each prompt tokenized on its own (truncated at 256 tokens), right-padded to the
   longest with the pad id, run through the full model with input ids only (no attention mask:

@@ -1,5 +1,5 @@
 """Adapter over diffusers `AutoencoderOobleck` (the official `vae/` folder) with upstream's
-tiled encode/decode (spec pipeline.md §1.2, §6.1, §6.3), and the silence-latent asset (§1.5).
+tiled encode/decode, and the silence-latent asset.
 
 Shapes at the boundary are upstream's handler shapes: waveforms [B, 2, S] at 48 kHz, latents
 [B, T, 64] at 25 Hz (T = S // 1920); the network itself works channel-first.
@@ -291,7 +291,7 @@ class VAE:
             raise InvalidRequest(f"expected latents [B, T>0, {self.latent_channels}], got {shape}")
 
 
-# -- silence latent (spec §1.5, pitfall 20) ------------------------------------------------
+# -- silence latent ------------------------------------------------
 def load_silence_latent(path: str | Path) -> torch.Tensor:
     """Load `silence_latent.pt` (a bare float tensor [1, 64, N], channel-first) safely with
     `weights_only=True` and return it transposed to [1, N, 64] float32 on the CPU."""

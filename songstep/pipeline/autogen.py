@@ -1,4 +1,4 @@
-"""AutoGen (features.md §3, upstream's UI checkbox): while the user listens to one batch, the
+"""AutoGen: while the user listens to one batch, the
 next batch is generated in the background with the next seeds.
 
     request = GenerationRequest(caption="lofi", duration=30, seed=10, batch=2)

@@ -1,4 +1,4 @@
-"""The planner inside `Pipeline.run` (spec pipeline.md §3.1 steps 3–6, §5.7).
+"""The planner inside `Pipeline.run`.
 
 When it runs: a planner is loaded, the task has no source audio (the LM never plans cover,
 repaint, add-layer, extract or complete: its codes would replace the source, pitfall 25), and

@@ -1,5 +1,5 @@
-"""GPU tiers: what runs where, picked from free memory and always overridable
-(spec features.md §7; pipeline.md §2.5 for the LM duration limits)."""
+"""GPU tiers: what runs where, picked from free memory and always overridable; the LM duration limit per
+tier is the longest song its planner may plan."""
 
 from __future__ import annotations
 

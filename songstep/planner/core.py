@@ -1,4 +1,4 @@
-"""`Planner`: the 5 Hz LM as a song planner (spec pipeline.md §5, §7.1; features.md §3).
+"""`Planner`: the 5 Hz LM as a song planner.
 
     planner = Planner.from_pretrained("checkpoints/acestep-5Hz-lm-1.7B")
     plan = planner.plan(GenerationRequest(caption="dreamy synth pop", lyrics="..."), seed=7)
@@ -258,7 +258,7 @@ class Planner:
             return False
         return True
 
-    # -- simple mode, format, understand (spec §5.8) -----------------------------------------------
+    # -- simple mode, format, understand -----------------------------------------------
     def _generate_text(self, prompt: ChatPrompt, spec: MetadataSpec, *, seed, generator, sampling: dict,
                        constrained: bool, max_new_tokens: int | None) -> str:
         ids = self.encode_prompt(prompt)
@@ -369,7 +369,7 @@ class Planner:
             source = encoder(source)
         return self.understand_codes(source, **kwargs)
 
-    # -- AutoScore (spec §7.1) ---------------------------------------------------------------------
+    # -- AutoScore ---------------------------------------------------------------------
     def score(
         self,
         audio_codes: str | Sequence[int],

@@ -1,4 +1,4 @@
-"""The two planning phases as functions over a `Planner` (spec pipeline.md §5.3, §5.7).
+"""The two planning phases as functions over a `Planner`.
 
 Phase 1 writes the CoT metadata block (no CFG, grammar-constrained, user values forced); phase 2
 writes the audio codes (CFG, newest prompt layout, code-row head, exact code count). Every item

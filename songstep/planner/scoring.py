@@ -1,4 +1,4 @@
-"""AutoScore (spec pipeline.md §7.1; features.md §3 "Scoring"): how well 5 Hz codes match their
+"""AutoScore: how well 5 Hz codes match their
 conditions, read off the planner LM's teacher-forced logits.
 
 Context: the understand prompt with the codes (conditional) or with `NO USER INPUT`

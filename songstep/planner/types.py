@@ -32,7 +32,7 @@ UNKNOWN_LANGUAGE = "unknown"
 
 @dataclass(frozen=True)
 class PlanOptions:
-    """How `Planner.plan` runs (defaults: spec pipeline.md §8.2, Python API).
+    """How `Planner.plan` runs (defaults: upstream's Python API).
 
     * `use_cot_metas`: run phase 1 (CoT) when bpm/keyscale/timesignature/duration are not all
       given. `use_cot_caption` / `use_cot_language`: let the CoT write a caption / a language
@@ -154,7 +154,7 @@ class SongDescription:
 
 @dataclass(frozen=True)
 class Score:
-    """AutoScore of one take (spec §7.1): per-condition scores in [0, 1] (metadata fields: top-k
+    """AutoScore of one take: per-condition scores in [0, 1] (metadata fields: top-k
     recall; caption and lyrics: sigmoid(PMI / scale)), the raw PMIs, and the weighted total."""
 
     fields: dict[str, float]

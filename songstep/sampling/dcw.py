@@ -1,4 +1,4 @@
-"""DCW: differential correction in the wavelet domain (spec dit.md §9.9; upstream default on).
+"""DCW: differential correction in the wavelet domain.
 
 After each sampler update, the new latent x is pushed away from the step's clean estimate
 y = x_before − v·t, band by band, with a single-level Haar DWT along time (zero-padded to an even

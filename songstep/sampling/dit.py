@@ -1,5 +1,5 @@
 """The DiT as a velocity callable, and the generate / flow-edit entry points over a `DiTModel`
-(upstream's `generate_audio` and `flowedit_generate_audio`, spec dit.md §8–§9)."""
+(upstream's `generate_audio` and `flowedit_generate_audio`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The flow-matching sampling loops, written over a velocity callable (spec dit.md §9).
+"""The flow-matching sampling loops, written over a velocity callable.
 
 `velocity(x, t, branch, corrector) -> (v_cond, v_uncond | None)` evaluates the network at time t
 (a float already rounded to the model dtype) on condition `branch` (0: the task's condition; 1: the

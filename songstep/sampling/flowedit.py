@@ -1,4 +1,4 @@
-"""Flow-edit: move a source clip toward a target caption/lyrics (spec dit.md §9.10; fixtures §5.2).
+"""Flow-edit: move a source clip toward a target caption/lyrics.
 
 With n steps, n_min = int(n·edit_n_min), n_max = int(n·edit_n_max): steps before n_min are skipped;
 inside the window each of `n_avg` forward-noise draws gives z_src = (1−t)·x_src + t·ε and

@@ -1,4 +1,4 @@
-"""Constrained decoding for the 5 Hz planner (spec pipeline.md §5.3, §5.5).
+"""Constrained decoding for the 5 Hz planner.
 
 * `MetadataConstraint`: the CoT metadata block as an llguidance Lark grammar (not a hand-written
   state machine). One object per sequence: `allowed()` gives the token mask for the next step,
@@ -6,8 +6,7 @@
 * `CodeConstraint`: the code phase. Only valid audio-code tokens (codes 0–63 999) and EOS; EOS
   is blocked until exactly `target` codes were emitted, then only EOS is allowed.
 
-Upstream shares ONE processor per batch and advances it with item 0's token only (spec §9
-pitfall 26), so the other items are masked by item 0's state. Here every sequence owns its own
+Upstream shares ONE processor per batch and advances it with item 0's token only, so the other items are masked by item 0's state. Here every sequence owns its own
 constraint object; do not share one between rows.
 
 What the grammar enforces (`MetadataSpec`): `<think>` `\\n`, then the fields in the order bpm,
@@ -311,7 +310,7 @@ class MetadataConstraint:
 
 
 def target_codes(duration: float | None) -> int | None:
-    """`int(duration × 5)` codes for the user's requested duration (spec §5.3; None or ≤ 0: free)."""
+    """`int(duration × 5)` codes for the user's requested duration."""
     if duration is None or duration <= 0:
         return None
     return int(duration * CODE_RATE)
@@ -320,7 +319,7 @@ def target_codes(duration: float | None) -> int | None:
 def code_token_cap(
     duration: float | None, max_duration: float = MAX_DURATION, max_model_len: int = 4096
 ) -> int:
-    """New-token cap of the code phase: `int(clamp(d, 10, max)·5) + 10` (spec §5.3, B), at most
+    """New-token cap of the code phase: `int(clamp(d, 10, max)·5) + 10`, at most
     `max_model_len − 64`; without a duration only the latter."""
     limit = max_model_len - 64
     if duration is None or duration <= 0:

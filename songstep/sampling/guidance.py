@@ -1,4 +1,4 @@
-"""Classifier-free guidance functions for the base/SFT/XL samplers (spec dit.md §9.4).
+"""Classifier-free guidance functions for the base/SFT/XL samplers.
 
 Every function has the signature `fn(cond, uncond, scale, state, *, latents, sigma, corrector)`
 and returns the guided velocity. `state` is one dict per generation (APG keeps its momentum there).

@@ -1,4 +1,4 @@
-"""Initial noise from caller-passed generators (spec dit.md §9.1).
+"""Initial noise from caller-passed generators.
 
 Upstream's seed rules, as generators: one generator → one draw of the full [B, T, C] shape; a list
 → one generator per item, one [1, T, C] draw each (None entries draw unseeded); None → unseeded.

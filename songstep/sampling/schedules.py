@@ -1,4 +1,4 @@
-"""Timestep schedules (spec dit.md §9.2, §9.3).
+"""Timestep schedules.
 
 Flow convention: x_t = t·noise + (1 − t)·x0; t = 1 is pure noise. A schedule holds the times the
 DiT is called at, already rounded to the model dtype (upstream reads them back as Python floats

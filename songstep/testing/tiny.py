@@ -1,7 +1,7 @@
 """Tiny random checkpoints in the official layout, for tests and users' smoke runs.
 
 `tiny_dit()` builds a DiT with the fixtures' tiny profile in milliseconds; its random init follows
-the fixtures' recipe (README §2.2: keys visited in sorted order from one seeded generator, ≥2-D
+the fixtures' recipe (the fixtures README, section 2.2: keys visited in sorted order from one seeded generator, ≥2-D
 weights ~ N(0, fan_in^-1/2), `*norm.weight` 1 + 0.1·N, biases 0.1·N, AdaLN tables 0.3·N, special
 tokens, the null embedding and any other 1-D tensor N(0, 1)), so with the fixtures' seeds it reproduces their tiny
 checkpoints bit for bit.

@@ -11,8 +11,8 @@ loaders read exactly as they read the hub's folders:
   0.4 M multiply-adds per audio sample: keep test audio short (about a second or less).
 * `write_tiny_text_encoder(dir, seed, hidden_size=32)` -> `Qwen3-Embedding-0.6B/`: a tiny
   `Qwen3Model` plus a byte-level BPE tokenizer trained on a fixed corpus, with the Qwen3
-  special tokens and the post-processor that appends `<|endoftext|>` to every string (spec
-  pipeline.md §1.3). Its ids are small, so `<|endoftext|>` is not 151643: code must read the
+  special tokens and the post-processor that appends `<|endoftext|>` to every string (as the
+  official tokenizer does). Its ids are small, so `<|endoftext|>` is not 151643: code must read the
   pad id from the tokenizer (`TextEncoder.pad_id`), which falls back to TEXT_PAD_ID only when
   the tokenizer has no pad token.
 * `write_silence_latent(path, seed, frames)` -> `silence_latent.pt` as upstream stores it.

@@ -3,7 +3,7 @@
 `write_tiny_lm(dir)` writes what `acestep-5Hz-lm-*` folders hold: `config.json` +
 `model.safetensors` of a `Qwen3ForCausalLM`, and a fast tokenizer (`tokenizer.json`,
 `tokenizer_config.json` with a Qwen3-style chat template). Vocabulary layout as in the real LMs
-(spec pipeline.md §1.4): a byte-level BPE base vocabulary, then `<|endoftext|>`, `<|im_start|>`,
+: a byte-level BPE base vocabulary, then `<|endoftext|>`, `<|im_start|>`,
 `<|im_end|>`, `<think>`, `</think>`, then the audio-code tokens `<|audio_code_0|>` … with
 consecutive ids. EOS is `<|im_end|>`, the pad token `<|endoftext|>`.
 

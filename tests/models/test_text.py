@@ -1,4 +1,4 @@
-"""songstep.models.text on the tiny Qwen3 text encoder (spec pipeline.md §1.3, §2.3, pitfalls 1-2)."""
+"""songstep.models.text on the tiny Qwen3 text encoder."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """songstep.models.vae: tiling plan, tiled == untiled within tolerance, shapes, determinism,
-loading and the silence latent (spec pipeline.md §1.2, §1.5, §6.1, §6.3).
+loading and the silence latent.
 
 Tolerance argument. The Oobleck receptive field depends only on the strides, kernels and
 dilations, not on the widths: with the official ratios [2,4,4,6,10] a single input sample

@@ -1,4 +1,4 @@
-"""DCW (spec dit.md §9.9): the Haar closed form on frame pairs, odd lengths, identity cases, the
+"""DCW: the Haar closed form on frame pairs, odd lengths, identity cases, the
 transform round trip, and the per-mode lambdas."""
 
 from __future__ import annotations

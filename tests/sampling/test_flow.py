@@ -1,7 +1,7 @@
 """The sampling loops over toy velocity functions (no DiT): exact trajectories for constant and
 x0-predicting velocities, Heun/SDE call and draw counts, cover start and condition switch, repaint
 injection and crossfade, velocity clamp/EMA, guidance inside the loop, options validation, and
-flow-edit's call/draw pattern (spec dit.md §9.2–§9.10)."""
+flow-edit's call/draw pattern."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Guidance functions (spec dit.md §9.4): CFG, APG by a hand computation in float64 (momentum,
+"""Guidance functions: CFG, APG by a hand computation in float64 (momentum,
 norm clamp, projection along time), the Heun-corrector fallbacks, ADG's angle geometry, and the
 registry."""
 

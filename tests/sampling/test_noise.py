@@ -1,4 +1,4 @@
-"""Initial noise and seeds (spec dit.md §9.1): upstream's generator rules, retake mixing, the
+"""Initial noise and seeds: upstream's generator rules, retake mixing, the
 recording noise stream, and seed reproducibility of `generate_latents` on a tiny DiT."""
 
 from __future__ import annotations

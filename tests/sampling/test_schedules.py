@@ -1,4 +1,4 @@
-"""Turbo and CFG timestep schedules (spec dit.md §9.2, §9.3): shape, end points, monotonicity, the
+"""Turbo and CFG timestep schedules: shape, end points, monotonicity, the
 continuous shift formula, the upstream tables, and custom-timestep snapping."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from songstep.sampling.schedules import (
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 shifts = st.floats(min_value=0.1, max_value=10.0, allow_nan=False, allow_infinity=False)
 
-# upstream's literal tables (spec §9.2), as exact fractions
+# upstream's literal tables, as exact fractions
 UPSTREAM_TABLES = {
     1.0: [Fraction(1), Fraction(7, 8), Fraction(3, 4), Fraction(5, 8), Fraction(1, 2), Fraction(3, 8), Fraction(1, 4),
           Fraction(1, 8)],

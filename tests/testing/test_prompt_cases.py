@@ -1,5 +1,5 @@
 """songstep.testing.prompt_cases against tests/fixtures/reference/prompts.json, and the Qwen3-style
-rendering of the newest LM layout (spec pipeline.md §5.1)."""
+rendering of the newest LM layout."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_new_case_in_same_format():
 
 
 def _prefix(user: str) -> str:
-    """The literal rendered prefix of spec §5.1."""
+    """The literal rendered prefix of the LM chat prompt."""
     return (
         f"<|im_start|>system\n# Instruction\n{LM_INSTR}\n\n<|im_end|>\n"
         f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"

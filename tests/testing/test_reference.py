@@ -1,6 +1,6 @@
 """Every reference case in tests/fixtures/reference runs through `run_case` and matches.
 
-Tolerances are the fixtures README's recommendations (§3, §5.3): single forwards atol 1e-5 and
+Tolerances are the fixtures README's recommendations: single forwards atol 1e-5 and
 rtol 1e-5; sampling loops atol 5e-5 (their outputs and recorded trajectories, which accumulate over
 the loop just like the output); integer outputs exact.
 """

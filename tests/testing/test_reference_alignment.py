@@ -1,5 +1,5 @@
 """Every lyric-alignment reference case (tests/fixtures/reference/alignment/<family>/) runs through
-`run_case` and matches at the fixtures README's tolerances (§6.7): attention maps and energies
+`run_case` and matches at the fixtures README's tolerances: attention maps and energies
 atol 5e-5, the aligner's processed matrix atol 1e-4, score components atol 1e-6; paths, type mask,
 token times, LRC text, line and token texts and the 4-decimal scores exact. Cases are found by
 globbing, so new case folders and index entries run too.

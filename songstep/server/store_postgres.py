@@ -20,7 +20,17 @@ import threading
 import time
 from typing import Any
 
-from songstep.server.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, STATES, SUCCEEDED, Job, QueueFull
+from songstep.server.store import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    STATES,
+    SUCCEEDED,
+    Job,
+    QueueFull,
+)
 
 _LOCK_ID = 7_345_120_001  # pg_advisory_xact_lock key for migrations
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (

@@ -8,7 +8,6 @@ import threading
 import pytest
 
 from songstep.server.store import RUNNING, SUCCEEDED, Job, SQLiteJobStore, open_store
-from tests.serving.postgres import postgres_db, postgres_server  # noqa: F401  (fixtures)
 
 psycopg = pytest.importorskip("psycopg")
 

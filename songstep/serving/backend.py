@@ -200,14 +200,16 @@ class RayBackend:
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
             if self.address == "local":
-                kwargs.setdefault("_node_ip_address", "127.0.0.1")
                 ray.init(**kwargs)
             else:
                 ray.init(address=self.address, **kwargs)
             self._started_ray = True
-        serve.start(proxy_location="Disabled")
-        app = build_app(self.config, lm_max_new_tokens=self.lm_max_new_tokens)
-        self.handle = serve.run(app, name=self.config.app_name, route_prefix=None)
+        if self.config.deploy:
+            serve.start(proxy_location="Disabled")  # no Serve HTTP proxy: the songstep API is the front door
+            app = build_app(self.config, lm_max_new_tokens=self.lm_max_new_tokens)
+            self.handle = serve.run(app, name=self.config.app_name, route_prefix=None)
+        else:
+            self.handle = serve.get_app_handle(self.config.app_name)
         described = self.handle.describe.remote().result()
         log.info("ray backend ready: %s replicas of %s (tier %s, batch limit %d)",
                  self.config.autoscale or self.config.replicas, described["variant"], described["tier"],

@@ -40,6 +40,7 @@ class ServingConfig:
     retry_backoff_s: float = 0.5
     drain_s: float = 60.0  # on shutdown, wait this long for in-flight jobs
     app_name: str = "songstep"
+    deploy: bool = True  # False: attach to the application another API replica deployed
     graceful_shutdown_s: float = 60.0  # a replica being stopped finishes its requests first
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -85,7 +86,7 @@ def _coerce(name: str, value: Any) -> Any:
         return (int(low), int(high or low))
     if name in ("replicas", "lm_replicas", "concurrency", "max_retries", "max_batch"):
         return int(value)
-    if name in ("offline",):
+    if name in ("offline", "deploy"):
         return value.lower() in ("1", "true", "yes", "on")
     if name in ("num_gpus", "num_cpus", "lm_num_gpus", "lm_num_cpus", "batch_wait_s", "duration_bucket_s",
                 "target_ongoing", "retry_backoff_s", "drain_s", "graceful_shutdown_s"):

@@ -83,6 +83,17 @@ def migrate(conn: Any) -> int:
     return found
 
 
+def _split_stale_after(url: str) -> tuple[str, float | None]:
+    """`...?stale_after=60` in the store URL (songstep's, not libpq's) → (URL without it, 60.0)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    found = [float(v) for k, v in query if k == "stale_after"]
+    rest = urlencode([(k, v) for k, v in query if k != "stale_after"])
+    return urlunsplit(parts._replace(query=rest)), (found[-1] if found else None)
+
+
 def _job(row: tuple) -> Job:
     return Job(**dict(zip(_COLUMNS, row)))
 
@@ -95,7 +106,8 @@ class PostgresJobStore:
         import psycopg
         from psycopg.types.json import Jsonb
 
-        self.url, self.stale_after = url, stale_after
+        url, from_url = _split_stale_after(url)
+        self.url, self.stale_after = url, stale_after if stale_after is not None else from_url
         self._Jsonb = Jsonb
         self._lock = threading.RLock()
         self._db = psycopg.connect(url, autocommit=True)

@@ -29,6 +29,7 @@ from songstep.serving.config import ServingConfig
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.25
+_BEAT_S = 2.0  # seconds between heartbeat (progress) writes while a replica computes
 
 
 class ReplicaLost(SongstepError):
@@ -135,7 +136,7 @@ class RayWorker(Worker):
         for attempt in range(config.max_retries + 1):
             response = self.backend.handle.generate.remote(payload)
             try:
-                return self._wait(response, progress)
+                return self._wait(response, progress, job.id)
             except Cancelled:
                 response.cancel()
                 raise
@@ -150,9 +151,16 @@ class RayWorker(Worker):
         raise ReplicaLost(f"the replica running this job died {len(failures)} time(s) "
                           f"({', '.join(failures)}); gave up after {config.max_retries} retries")
 
-    def _wait(self, response, progress) -> dict[str, Any]:
+    def _wait(self, response, progress, job_id: str) -> dict[str, Any]:
+        """The replica's answer. A client cancel is seen within one poll; every `_BEAT_S` the
+        progress call checks the job timeout and writes the heartbeat (stage `synthesize`)."""
+        last_beat = 0.0
         while True:
-            progress("synthesize", 0, 1)  # raises Cancelled on a client cancel or the job timeout
+            if self._cancel.get(job_id):
+                raise Cancelled(self._cancel[job_id])
+            if time.monotonic() - last_beat >= _BEAT_S:
+                last_beat = time.monotonic()
+                progress("synthesize", 0, 1)  # raises Cancelled past the job timeout
             try:
                 return response.result(timeout_s=_POLL_S)
             except TimeoutError:

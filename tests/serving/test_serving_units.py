@@ -146,3 +146,20 @@ def test_shutdown_drains_the_jobs_in_flight(tmp_path) -> None:
     stopper.join(30)
     assert store.get("a" * 32).status == SUCCEEDED
     assert store.get("b" * 32).status == "queued"  # nothing new was claimed while draining
+
+
+def test_a_client_cancel_stops_waiting_and_cancels_the_replica_request(tmp_path) -> None:
+    gate = threading.Event()
+    worker, store, calls, _ = make_worker(tmp_path, [gate])
+    job = store.claim("m")
+    responses = []
+    remote = worker.backend.handle.generate.remote
+    worker.backend.handle.generate.remote = lambda payload: responses.append(remote(payload)) or responses[-1]
+    runner = threading.Thread(target=worker._run, args=(job,))
+    runner.start()
+    while not responses:
+        threading.Event().wait(0.01)
+    worker.cancel(job.id)
+    runner.join(10)
+    assert store.get(job.id).status == "cancelled" and store.get(job.id).error == "cancelled by the client"
+    assert responses[0].cancelled and len(calls) == 1

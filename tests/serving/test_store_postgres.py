@@ -77,7 +77,8 @@ def test_recover_with_stale_after_leaves_live_jobs_alone(postgres_db) -> None:
     live = PostgresJobStore(postgres_db)
     live.add(job(1))
     running = live.claim("m")
-    restarted = PostgresJobStore(postgres_db, stale_after=300)
+    restarted = open_store(postgres_db + "?stale_after=300")
+    assert restarted.stale_after == 300.0 and "stale_after" not in restarted.url
     assert restarted.recover(requeue=True, max_attempts=3) == {"requeued": 0, "failed": 0}
     assert restarted.get(running.id).status == RUNNING
     with psycopg.connect(postgres_db, autocommit=True) as conn:  # its owner stopped writing 10 minutes ago

@@ -167,6 +167,22 @@ class RayWorker(Worker):
                 continue
 
 
+class RemotePlanner:
+    """The planner deployment, with the `Planner` methods the server's routes call directly."""
+
+    def __init__(self, backend: RayBackend):
+        from ray import serve
+
+        self._handle = serve.get_deployment_handle("Planner", backend.config.app_name)
+        self.name = self._handle.name.remote().result()
+
+    def format(self, *args, **kwargs):
+        return self._handle.call.remote("format", args, kwargs).result()
+
+    def create_sample(self, *args, **kwargs):
+        return self._handle.call.remote("create_sample", args, kwargs).result()
+
+
 class RemotePipeline:
     """Stands in for a `Pipeline` in the server: model names and the DiT config (for request
     validation) from a replica; `make_worker` is the server's hook for the Ray worker."""
@@ -175,7 +191,7 @@ class RemotePipeline:
         self.backend = backend
         self.components = SimpleNamespace(variant=described["variant"], folders=described["folders"],
                                           dit=SimpleNamespace(config=described["dit_config"]))
-        self.planner = SimpleNamespace(name=backend.config.lm) if described.get("planner") else None
+        self.planner = RemotePlanner(backend) if described.get("planner") else None
         self.tier_name, self.max_batch = described["tier"], described["max_batch"]
 
     def make_worker(self, slot, store, settings, metrics) -> RayWorker:

@@ -72,6 +72,13 @@ class Planner:
     def name(self) -> str:
         return self.lm.name
 
+    def call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """The planner's `format` or `create_sample` (the server's /format_input and
+        /v1/create_sample routes); returns its `SongDescription`."""
+        if method not in ("format", "create_sample"):
+            raise SongstepError(f"the planner deployment does not serve {method!r}")
+        return getattr(self.lm, method)(*args, **kwargs)
+
     def plan(self, fields: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
         from songstep.server.worker import Worker
 

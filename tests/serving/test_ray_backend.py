@@ -6,6 +6,7 @@ the /v2 routes with @serve.batch forming batches larger than one; a replica kill
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 
@@ -114,3 +115,27 @@ def test_a_replica_killed_mid_job_still_ends_every_job_succeeded(server) -> None
     assert [j["status"] for j in jobs] == ["succeeded"] * 8, [j.get("error") for j in jobs]
     assert backend.metrics.retries > retries  # at least one job was re-sent after its replica died
     assert set(serve.status().applications[backend.config.app_name].deployments) == {"Synthesizer"}
+
+
+def test_the_planner_pool_serves_sample_mode_and_format(cluster, tiny_tree, tiny_lm_dir, tmp_path_factory) -> None:
+    """The LM as its own deployment, called by the synthesizer through its handle (sample mode)
+    and by the server's planner routes (format)."""
+    config = ServingConfig(model=str(tiny_tree), lm=str(tiny_lm_dir), replicas=1, num_cpus=0.4, lm_num_cpus=0.4,
+                           max_batch=2, app_name="songstep-lm", concurrency=2, drain_s=30)
+    backend = RayBackend(config, address="auto", lm_max_new_tokens=24)
+    settings = ServerSettings(data_dir=tmp_path_factory.mktemp("ray-lm"), lm_max_new_tokens=24)
+    with TestClient(create_app(backend.start, settings)) as client:
+        lm_name = client.get("/v1/models").json()["data"]["lm_models"][0]["name"]
+        assert lm_name == tiny_lm_dir.name or lm_name.endswith(tiny_lm_dir.name)
+        data = client.post("/format_input", json={"prompt": "pop rock", "lyrics": "Walking down the street",
+                                                  "param_obj": json.dumps({"duration": 30, "bpm": 120})}).json()
+        assert data["code"] == 200 and data["data"]["bpm"] == 120 and data["data"]["duration"] == 30
+        task = client.post("/release_task", json={"sample_query": "a short jingle", "bpm": 100, "audio_duration": 10,
+                                                   "inference_steps": 2, "batch_size": 1, "thinking": False}).json()
+        job = wait_all(client, [task["data"]["task_id"]])[0]
+        assert job["status"] == "succeeded", job.get("error")
+        assert job["result"]["items"][0]["bpm"] == 100 and job["result"]["files"] == ["0.mp3"]
+        assert backend.handle.describe.remote().result()["planner"] is True
+    from ray import serve
+
+    serve.delete(config.app_name)

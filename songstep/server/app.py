@@ -25,7 +25,7 @@ from songstep.server.metrics import Metrics
 from songstep.server.schemas import Envelope, envelope
 from songstep.server.service import JobService
 from songstep.server.settings import ServerSettings
-from songstep.server.store import QueueFull, SQLiteJobStore
+from songstep.server.store import QueueFull, open_store
 from songstep.server.uploads import TooLarge
 from songstep.server.worker import Slot, model_names
 
@@ -51,7 +51,7 @@ def _lifespan(pipeline_factory: Callable[[], Any], settings: ServerSettings):
     async def lifespan(app: FastAPI):
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-        store = SQLiteJobStore(settings.db_path)
+        store = open_store(settings.job_store_url)
         app.state.store = store
         built = await asyncio.to_thread(pipeline_factory)
         service = JobService(settings, store, _slots(built), app.state.metrics)

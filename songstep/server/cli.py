@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -38,6 +39,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=float, default=60.0)
     p.add_argument("--job-timeout", type=float, default=3600.0)
     p.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
+    p.add_argument("--job-store", default="", help="job store URL: postgresql://... (shared by API replicas); "
+                   "default: SQLite under --data-dir")
+    p.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess",
+                   help="run jobs in this process, or on Ray Serve replicas (the [serve] extra)")
+    p.add_argument("--ray-address", default="auto", help="with --backend ray: auto (join a cluster) or local")
+    p.add_argument("--ray-config", default=None, help="with --backend ray: TOML/JSON file of serving options")
+    p.add_argument("--ray-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --backend ray: one serving option, e.g. replicas=2, num_gpus=0.5 (repeatable)")
     p.set_defaults(func=run)
     return p
 
@@ -59,6 +68,7 @@ def settings_from_args(args: argparse.Namespace):
         on_restart=args.on_restart, max_attempts=args.max_attempts, keep_results=args.keep_results,
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_seconds=args.max_upload_seconds,
         request_timeout=args.request_timeout, job_timeout=args.job_timeout, cors_origins=tuple(args.cors_origin),
+        job_store=getattr(args, "job_store", ""),
     )
 
 
@@ -77,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         return Pipeline.from_pretrained(args.model, variant=args.variant, device=args.device, lm=args.lm,
                                         root=args.root, offline=args.offline)
 
+    if getattr(args, "backend", "inprocess") == "ray":  # a plugin: songstep.serving sits above the server
+        factory = importlib.import_module("songstep.serving.cli").pipeline_factory(args, settings)
     app = create_app(factory, settings)
     log.info("serving on http://%s:%d (data dir %s, %d API key(s))", args.host, args.port, settings.data_dir,
              len(settings.api_key_hashes))

@@ -31,10 +31,16 @@ class AccessDenied(InvalidRequest):
     http_status = 403
 
 
+def _worker(slot: Slot, store: JobStore, settings: ServerSettings, metrics: Metrics) -> Worker:
+    """The in-process worker, or the one a remote backend's pipeline provides (`make_worker`)."""
+    make = getattr(slot.pipe, "make_worker", None)
+    return make(slot, store, settings, metrics) if callable(make) else Worker(slot, store, settings, metrics)
+
+
 class JobService:
     def __init__(self, settings: ServerSettings, store: JobStore, slots: list[Slot], metrics: Metrics):
         self.settings, self.store, self.slots, self.metrics = settings, store, slots, metrics
-        self.workers = {slot.name: Worker(slot, store, settings, metrics) for slot in slots}
+        self.workers = {slot.name: _worker(slot, store, settings, metrics) for slot in slots}
 
     def start(self) -> dict[str, int]:
         recovered = self.store.recover(requeue=self.settings.on_restart == "requeue",

@@ -64,6 +64,7 @@ class ServerSettings:
     retry_after: int = 10  # seconds, in 429 answers
     service_name: str = "songstep API"
     lm_max_new_tokens: int | None = None  # cap on the planner's text (format, sample mode); None: its own
+    job_store: str = ""  # job store URL (postgresql://...); empty: SQLite under data_dir
 
     def __post_init__(self) -> None:
         if self.on_restart not in ("requeue", "fail"):
@@ -83,6 +84,10 @@ class ServerSettings:
     @property
     def db_path(self) -> Path:
         return Path(self.data_dir) / "jobs.sqlite3"
+
+    @property
+    def job_store_url(self) -> str:
+        return self.job_store or str(self.db_path)
 
     @property
     def results_dir(self) -> Path:

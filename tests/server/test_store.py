@@ -1,4 +1,5 @@
-"""The SQLite job store: queue limit, idempotency, claim order, restart recovery, retention."""
+"""The job stores (SQLite, and PostgreSQL when its server is available): queue limit,
+idempotency, claim order, restart recovery, retention. Every test runs against both stores."""
 
 from __future__ import annotations
 
@@ -7,15 +8,28 @@ import sqlite3
 import pytest
 
 from songstep.server.store import FAILED, QUEUED, RUNNING, SUCCEEDED, Job, QueueFull, SQLiteJobStore
+from tests.serving.postgres import postgres_db, postgres_server  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request):
+    """`open_store(path)` opens the store under test; the same path again is a restart."""
+    if request.param == "sqlite":
+        return SQLiteJobStore
+    from songstep.server.store_postgres import PostgresJobStore
+
+    url = request.getfixturevalue("postgres_db")
+    return lambda path: PostgresJobStore(url)
 
 
 def job(i: int, key: str | None = None) -> Job:
     return Job(id=f"{i:032x}", model="m", spec={"fields": {"caption": str(i)}}, idempotency_key=key)
 
 
-def test_wal_queue_limit_and_fifo_claim(tmp_path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.db")
-    assert sqlite3.connect(tmp_path / "jobs.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+def test_wal_queue_limit_and_fifo_claim(tmp_path, open_store) -> None:
+    store = open_store(tmp_path / "jobs.db")
+    if isinstance(store, SQLiteJobStore):
+        assert sqlite3.connect(tmp_path / "jobs.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     for i in range(3):
         store.add(job(i), queue_limit=3)
     with pytest.raises(QueueFull):
@@ -31,24 +45,24 @@ def test_wal_queue_limit_and_fifo_claim(tmp_path) -> None:
     assert store.counts()[QUEUED] == 2 and store.counts()[SUCCEEDED] == 1
 
 
-def test_idempotency_key_returns_the_first_job(tmp_path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.db")
+def test_idempotency_key_returns_the_first_job(tmp_path, open_store) -> None:
+    store = open_store(tmp_path / "jobs.db")
     a = store.add(job(1, key="k"))
     b = store.add(job(2, key="k"))
     assert b.id == a.id and store.counts()[QUEUED] == 1
 
 
 @pytest.mark.parametrize("requeue", [True, False])
-def test_recover_requeues_or_fails_interrupted_jobs_and_never_touches_finished(tmp_path, requeue) -> None:
+def test_recover_requeues_or_fails_interrupted_jobs_and_never_touches_finished(tmp_path, requeue, open_store) -> None:
     path = tmp_path / "jobs.db"
-    store = SQLiteJobStore(path)
+    store = open_store(path)
     for i in range(3):
         store.add(job(i))
     done = store.claim("m")
     store.finish(done.id, SUCCEEDED, result={"files": []})
     running = store.claim("m")
     store.close()
-    store = SQLiteJobStore(path)  # a restart
+    store = open_store(path)  # a restart
     counts = store.recover(requeue=requeue, max_attempts=2)
     assert counts == ({"requeued": 1, "failed": 0} if requeue else {"requeued": 0, "failed": 1})
     assert store.get(done.id).status == SUCCEEDED
@@ -60,8 +74,8 @@ def test_recover_requeues_or_fails_interrupted_jobs_and_never_touches_finished(t
         assert "interrupted" in store.get(running.id).error
 
 
-def test_expired_keeps_the_newest_finished(tmp_path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.db")
+def test_expired_keeps_the_newest_finished(tmp_path, open_store) -> None:
+    store = open_store(tmp_path / "jobs.db")
     for i in range(4):
         store.add(job(i))
         store.finish(store.claim("m").id, SUCCEEDED, result={})

@@ -135,7 +135,7 @@ def test_out_of_memory_frees_retries_once_then_explains(turbo, monkeypatch) -> N
     """A GPU OOM in the DiT/VAE: free what can be freed, retry once with the generators'
     states restored (same audio), else `OutOfMemory` saying what to change."""
     from songstep.errors import OutOfMemory
-    from songstep.pipeline.core import OOM_ERRORS
+    from songstep.pipeline.memory import OOM_ERRORS
 
     want = turbo.generate("lofi", duration=10, seed=21)
     real = type(turbo)._sample
@@ -165,7 +165,7 @@ def test_out_of_memory_frees_retries_once_then_explains(turbo, monkeypatch) -> N
 def test_vae_decode_degrades_instead_of_failing(turbo, monkeypatch, failures, label) -> None:
     """Out of GPU memory in the VAE: the whole batch, then per take, then per take with smaller
     tiles, then the CPU; the audio is the same and the params say which fallback ran."""
-    from songstep.pipeline.core import OOM_ERRORS
+    from songstep.pipeline.memory import OOM_ERRORS
 
     want = turbo.generate("lofi", duration=10, seed=4, batch=2)
     vae = turbo.components.vae

@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--root", default="checkpoints")
     i.add_argument("--model", default=None, help="also inspect this checkpoints folder or repo")
     i.add_argument("--device", default=None)
+    from songstep.server import cli as server_cli  # `songstep serve` (its heavy imports are lazy)
+
+    server_cli.add_parser(sub)
     return parser
 
 
@@ -493,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"download": run_download, "info": run_info, "plan": run_plan,
                 "create-sample": run_create_sample, "understand": run_understand}
     try:
-        return handlers.get(args.command, run_task)(args)
+        return handlers.get(args.command, getattr(args, "func", run_task))(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,161 @@
+"""The FastAPI app factory. The pipeline(s) are built in the app's lifespan (never at import),
+by the caller's `pipeline_factory`, so tests inject a tiny or fake pipeline.
+
+    app = create_app(lambda: Pipeline.from_pretrained("checkpoints"), ServerSettings(data_dir="data"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from songstep.errors import SongstepError
+from songstep.server.auth import require_key
+from songstep.server.metrics import Metrics
+from songstep.server.schemas import Envelope, envelope
+from songstep.server.service import JobService
+from songstep.server.settings import ServerSettings
+from songstep.server.store import QueueFull, SQLiteJobStore
+from songstep.server.worker import Slot, model_names
+
+log = logging.getLogger(__name__)
+VERSION = "1.0"
+# Routes that stream or wait for a job on purpose: the request timeout does not apply.
+_UNTIMED = ("/v1/chat/completions",)
+
+
+def _slots(built: Any) -> list[Slot]:
+    pipes = list(built.items()) if isinstance(built, dict) else [(None, p) for p in (
+        built if isinstance(built, list | tuple) else [built])]
+    slots = []
+    for i, (name, pipe) in enumerate(pipes):
+        auto, aliases = model_names(pipe)
+        name = name or auto
+        slots.append(Slot(name=name, aliases=sorted({name, *aliases}), pipe=pipe, is_default=i == 0))
+    return slots
+
+
+def _lifespan(pipeline_factory: Callable[[], Any], settings: ServerSettings):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.results_dir.mkdir(parents=True, exist_ok=True)
+        settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+        store = SQLiteJobStore(settings.db_path)
+        app.state.store = store
+        built = await asyncio.to_thread(pipeline_factory)
+        service = JobService(settings, store, _slots(built), app.state.metrics)
+        app.state.service = service
+        recovered = service.start()
+        log.info("server ready: models %s, recovered %s", [s.name for s in service.slots], recovered)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.stop)
+            store.close()
+
+    return lifespan
+
+
+class RequestTimeout:
+    """Answer 504 when a (non-streaming) request takes longer than `seconds`."""
+
+    def __init__(self, app: ASGIApp, seconds: float):
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _UNTIMED or scope["path"].endswith("/events"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, tracked_send), self.seconds)
+        except TimeoutError:
+            if not started:
+                response = JSONResponse(envelope(None, 504, f"request timed out after {self.seconds:g} s"), 504)
+                await response(scope, receive, send)
+
+
+def _error(code: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(envelope(None, code, message), status_code=code, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+        parts.append(f"{loc or 'request'}: {err.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _install_errors(app: FastAPI, settings: ServerSettings) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(SongstepError)
+    async def songstep_error(request: Request, exc: SongstepError):
+        code = exc.http_status if 400 <= exc.http_status < 600 else 500
+        return _error(code, str(exc))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull):
+        return _error(429, str(exc), {"Retry-After": str(settings.retry_after)})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+
+def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | None = None) -> FastAPI:
+    """The app. `pipeline_factory()` returns a `Pipeline`, a list of them or a dict name → pipeline
+    (the first is the default model); it runs once, at startup."""
+    from songstep.server import routes_chat, routes_upstream, routes_v2
+
+    settings = settings or ServerSettings()
+    app = FastAPI(title="songstep", version=VERSION, lifespan=_lifespan(pipeline_factory, settings),
+                  description="ACE-Step 1.5 music generation. Upstream-compatible routes (envelope "
+                  "`{data, code, error, timestamp, extra}`) and a job API under /v2.")
+    app.state.settings = settings
+    app.state.metrics = Metrics(lambda: getattr(app.state, "store", None))
+    _install_errors(app, settings)
+    app.add_middleware(RequestTimeout, seconds=settings.request_timeout)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+
+    @app.get("/health", response_model=Envelope, tags=["upstream"])
+    async def health() -> dict:
+        """Liveness; never needs a key."""
+        return envelope({"status": "ok", "service": settings.service_name, "version": VERSION})
+
+    @app.get("/metrics", dependencies=[Depends(require_key)], tags=["ops"],
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(routes_upstream.router, dependencies=[Depends(require_key)])
+    app.include_router(routes_chat.router, dependencies=[Depends(require_key)])
+    app.include_router(routes_v2.router, dependencies=[Depends(require_key)])
+    return app

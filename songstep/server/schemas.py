@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from songstep.config import GenerationRequest
+from songstep.request import GenerationRequest
 
 AUDIO_FORMATS = ("mp3", "wav", "flac", "ogg")
 _TUPLE_FIELDS = ("tracks", "cfg_interval", "timesteps")

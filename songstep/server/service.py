@@ -96,7 +96,7 @@ class JobService:
 
     def validate(self, slot: Slot, spec: dict[str, Any]) -> None:
         """The request's static checks against the model, before the job is accepted."""
-        from songstep.conditioning import validate_request
+        from songstep.pipeline.plan import resolve
         from songstep.server.schemas import to_request
 
         options = spec.get("options", {})
@@ -106,7 +106,7 @@ class JobService:
         request = to_request(spec["fields"])
         config = getattr(getattr(getattr(slot.pipe, "components", None), "dit", None), "config", None)
         if config is not None:
-            validate_request(request, config)
+            resolve(request, config, getattr(slot.pipe.components, "variant", None))
 
     def cancel(self, job_id: str) -> Job | None:
         job = self.store.get(job_id)

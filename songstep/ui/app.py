@@ -102,8 +102,7 @@ class SongstepUI:
             c["strength"] = self._slider("strength", step=0.05)
             c["repaint_start"] = gr.Number(controls.default("repaint_start"), label=self.t("repaint_start"),
                                            visible=show("repaint_start"), elem_id="repaint-start")
-            c["repaint_end"] = gr.Number(None, label=self.t("repaint_end"), visible=show("repaint_end"),
-                                         elem_id="repaint-end")
+            c["repaint_end"] = self._optional("repaint_end", visible=show("repaint_end"))
         c["tracks"] = gr.Dropdown(list(TRACK_NAMES), multiselect=True, label=self.t("tracks"),
                                   info=controls.help_text("tracks"), visible=show("tracks"), elem_id="tracks")
 
@@ -116,14 +115,17 @@ class SongstepUI:
             c["instrumental"] = gr.Checkbox(label=self.t("instrumental"), elem_id="instrumental")
             c["language"] = gr.Dropdown(lang_choices, value="unknown", label=self.t("language"))
         with gr.Row():
-            c["duration"] = gr.Number(None, label=self.t("duration"), info=controls.help_text("duration"),
-                                      elem_id="duration")
-            c["bpm"] = gr.Number(None, label=self.t("bpm"), info=controls.help_text("bpm"), precision=0,
-                                 elem_id="bpm")
+            c["duration"] = self._optional("duration")
+            c["bpm"] = self._optional("bpm")
             c["keyscale"] = gr.Dropdown(list(KEYS), value="", label=self.t("keyscale"), allow_custom_value=True)
             c["timesignature"] = gr.Dropdown([""] + list(TIME_SIGNATURES), value="", label=self.t("timesignature"))
         c["reference_audio"] = gr.Audio(type="filepath", sources=["upload"], label=self.t("reference_audio"),
                                         elem_id="reference-audio")
+
+    def _optional(self, name: str, **kw: Any):
+        """An optional number: a one-line text box, empty = the request's default."""
+        return gr.Textbox("", label=self.t(name), info=controls.help_text(name), placeholder="auto", max_lines=1,
+                          elem_id=name.replace("_", "-"), **kw)
 
     def _slider(self, name: str, step: float, **kw: Any):
         lo, hi = controls.bounds(name)
@@ -139,9 +141,9 @@ class SongstepUI:
         with gr.Accordion(self.t("advanced"), open=False, elem_id="advanced"):
             gr.Textbox(self.jobs.variant, label=self.t("variant"), interactive=False)
             with gr.Row():
-                c["steps"] = gr.Number(None, label=self.t("steps"), precision=0, elem_id="steps")
-                c["shift"] = gr.Number(None, label=self.t("shift"), elem_id="shift")
-                c["guidance"] = gr.Number(None, label=self.t("guidance"), elem_id="guidance")
+                c["steps"] = self._optional("steps")
+                c["shift"] = self._optional("shift")
+                c["guidance"] = self._optional("guidance")
             with gr.Row():
                 c["guidance_method"] = gr.Dropdown(list(GUIDANCE), value="apg", label=self.t("guidance_method"))
                 c["cfg_start"] = gr.Number(0.0, label=self.t("cfg_start"))
@@ -167,7 +169,8 @@ class SongstepUI:
             with gr.Group(visible=False, elem_classes=["songstep-take"]) as group:
                 title = gr.Markdown(elem_classes=["take-title"])
                 player = gr.Audio(type="filepath", interactive=False, show_label=False, buttons=["download"],
-                                  elem_classes=["take-audio"])
+                                  waveform_options=gr.WaveformOptions(show_recording_waveform=False),
+                                  elem_classes=["take-audio"])  # a plain <audio controls> player
                 image = gr.Image(type="numpy", format="png", label=self.t("spectrogram"), interactive=False,
                                  elem_classes=["take-spectrogram"], height=160)
                 with gr.Accordion(self.t("metadata"), open=False):
@@ -237,6 +240,7 @@ class SongstepUI:
 
     def generate(self, data: dict, progress=gr.Progress()):
         started = time.monotonic()
+        yield {self.status: self.t("submitting")}
         try:
             job_id = self.jobs.new_id()
             fields, options = self._request(data, job_id)

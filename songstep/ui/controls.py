@@ -24,6 +24,8 @@ BOUND_FIELDS = SONG_FIELDS + TASK_FIELDS + SAMPLER_FIELDS + LM_FIELDS
 PAIR_FIELDS = {"cfg_start": ("cfg_interval", 0), "cfg_end": ("cfg_interval", 1)}
 UI_TASKS = ("text2music", "cover", "repaint", "lego", "extract", "complete")
 INT_FIELDS = {"bpm", "steps", "seed", "batch", "lm_top_k"}
+# Optional numbers: typed into text boxes, so an empty box means "not given" (None).
+TEXT_NUMBERS = ("duration", "bpm", "repaint_end", "steps", "shift", "guidance")
 # Fields whose "not given" is an empty control (None): left out so the request uses its default.
 OPTIONAL = {name for name, info in GenerationRequest.model_fields.items() if info.default is None}
 
@@ -72,6 +74,14 @@ def help_text(name: str) -> str:
     return GenerationRequest.model_fields[field].description or ""
 
 
+def _number(name: str, value: Any) -> float:
+    """A number typed into a text box (optional numbers are text boxes: empty = not given)."""
+    try:
+        return float(str(value).strip().replace(",", "."))
+    except ValueError:
+        raise InvalidRequest(f"{name}: {value!r} is not a number") from None
+
+
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip()) or value == []
 
@@ -95,6 +105,8 @@ def request_fields(task: str, values: dict[str, Any]) -> dict[str, Any]:
             if name in OPTIONAL or name in ("tracks",):
                 continue
             value = default(name)
+        if name in TEXT_NUMBERS:
+            value = _number(name, value)
         if name in INT_FIELDS and isinstance(value, float):
             if not value.is_integer():
                 raise InvalidRequest(f"{name} must be a whole number, got {value:g}")

@@ -61,6 +61,7 @@ TABLE: dict[str, tuple[str, str, str]] = {
     "generate": ("Generate", "生成", "生成"),
     "status": ("Status", "状态", "状態"),
     "idle": ("Ready.", "就绪。", "準備完了。"),
+    "submitting": ("Submitting…", "提交中…", "送信中…"),
     "queued": ("Queued: position {pos} in the queue", "排队中：第 {pos} 位", "待機中：キューの {pos} 番目"),
     "running": ("Generating: {stage} {pct}%", "生成中：{stage} {pct}%", "生成中：{stage} {pct}%"),
     "done": ("Done: {n} take(s) in {seconds} s", "完成：{n} 条，用时 {seconds} 秒", "完了：{n} テイク、{seconds} 秒"),

@@ -30,6 +30,7 @@ from songstep.ui.results import spectrogram_file, take_metadata
 log = logging.getLogger(__name__)
 MAX_TAKES = MAX_BATCH
 SOURCE_TASKS = tuple(n for n in controls.UI_TASKS if controls.visible("source_audio", n))
+PROGRESS = gr.Progress()  # gradio gives each event its own tracker through this marker default
 KEYS = ("",) + tuple(f"{n}{a} {m}" for n in "CDEFGAB" for a in ("", "#", "b") for m in ("major", "minor"))
 
 
@@ -100,6 +101,8 @@ class SongstepUI:
                                      visible=show("source_audio"), elem_id="source-audio")
         with gr.Row():
             c["strength"] = self._slider("strength", step=0.05)
+            c["cover_noise_strength"] = self._slider("cover_noise_strength", step=0.05)
+            c["repaint_strength"] = self._slider("repaint_strength", step=0.05)
             c["repaint_start"] = gr.Number(controls.default("repaint_start"), label=self.t("repaint_start"),
                                            visible=show("repaint_start"), elem_id="repaint-start")
             c["repaint_end"] = self._optional("repaint_end", visible=show("repaint_end"))
@@ -165,7 +168,7 @@ class SongstepUI:
 
     def _results(self) -> None:
         gr.Markdown(f"### {self.t('results')}")
-        for i in range(MAX_TAKES):
+        for _ in range(MAX_TAKES):
             with gr.Group(visible=False, elem_classes=["songstep-take"]) as group:
                 title = gr.Markdown(elem_classes=["take-title"])
                 player = gr.Audio(type="filepath", interactive=False, show_label=False, buttons=["download"],
@@ -188,7 +191,7 @@ class SongstepUI:
     def _wire(self) -> None:
         self.custom_tab.select(lambda: "custom", None, self.mode)
         self.simple_tab.select(lambda: "simple", None, self.mode)
-        task_bound = [n for n in self.c if n in controls.TASK_FIELDS + controls.SONG_FIELDS]
+        task_bound = [n for n in self.c if controls.tasks_of(n) != controls.UI_TASKS]  # from the fields' x-tasks
         self.task.change(self._on_task, self.task, [self.c[n] for n in task_bound])
         self._task_bound = task_bound
         inputs = {self.mode, self.task, self.desc, self.simple_instr, self.simple_lang, self.fmt, self.think,
@@ -238,7 +241,7 @@ class SongstepUI:
                 fields[name] = self.jobs.stage_audio(fields[name], job_id, name)
         return fields, options
 
-    def generate(self, data: dict, progress=gr.Progress()):
+    def generate(self, data: dict, progress=PROGRESS):
         started = time.monotonic()
         yield {self.status: self.t("submitting")}
         try:
@@ -300,7 +303,9 @@ def create_ui_app(pipe: Any, settings, *, api: bool = False, lang: str = "en", a
     With `auth_hashes`, the UI asks for a login whose password is one of the API keys."""
     app = host_app(pipe, settings, api=api)
     jobs = Jobs(app, pipe)
-    blocks = SongstepUI(jobs, lang).build()
+    ui = SongstepUI(jobs, lang)
+    blocks = ui.build()
+    app.state.ui = ui
     return gr.mount_gradio_app(app, blocks, path="", allowed_paths=[str(settings.data_dir)], auth=key_login(auth_hashes),
                                auth_message="password: an API key of this server", ssr_mode=False,
                                show_error=False, footer_links=[])

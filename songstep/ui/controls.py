@@ -16,12 +16,17 @@ from songstep.request import GenerationRequest
 
 # Fields that have a control in the Custom form and the advanced settings.
 SONG_FIELDS = ("caption", "lyrics", "instrumental", "language", "duration", "bpm", "keyscale", "timesignature")
-TASK_FIELDS = ("source_audio", "strength", "repaint_start", "repaint_end", "tracks", "reference_audio")
+TASK_FIELDS = ("source_audio", "strength", "cover_noise_strength", "repaint_start", "repaint_end", "repaint_strength",
+               "tracks", "reference_audio")
 SAMPLER_FIELDS = ("steps", "shift", "guidance", "guidance_method", "solver", "seed", "batch")
 LM_FIELDS = ("use_cot_caption", "lm_temperature", "lm_cfg_scale", "lm_top_p", "lm_top_k")
 BOUND_FIELDS = SONG_FIELDS + TASK_FIELDS + SAMPLER_FIELDS + LM_FIELDS
 # Controls that map onto one field in another shape: the CFG interval's two ends.
 PAIR_FIELDS = {"cfg_start": ("cfg_interval", 0), "cfg_end": ("cfg_interval", 1)}
+# Request fields the UI leaves to their defaults on purpose (`thinking` is the LM on/off switch,
+# sent as the worker's option; audio codes, custom timesteps and level are CLI/API-only).
+NOT_IN_UI = ("task", "method", "thinking", "audio_codes", "timesteps", "dcw", "retake_seed", "retake_variance",
+             "max_new_tokens", "normalize", "loudness")
 UI_TASKS = ("text2music", "cover", "repaint", "lego", "extract", "complete")
 INT_FIELDS = {"bpm", "steps", "seed", "batch", "lm_top_k"}
 # Optional numbers: typed into text boxes, so an empty box means "not given" (None).
@@ -38,6 +43,10 @@ def check_controls() -> None:
     unknown = [n for n in BOUND_FIELDS if n not in fields] + [p[0] for p in PAIR_FIELDS.values() if p[0] not in fields]
     if unknown:
         raise RuntimeError(f"UI controls name no request field: {unknown}")
+    missing = [n for n in fields if n not in BOUND_FIELDS and n not in NOT_IN_UI
+               and n not in {p[0] for p in PAIR_FIELDS.values()}]
+    if missing:
+        raise RuntimeError(f"request fields with no UI control (add one or list them in NOT_IN_UI): {missing}")
     bad_tasks = [t for t in UI_TASKS if t not in TASKS]
     if bad_tasks:
         raise RuntimeError(f"UI tasks unknown to songstep.tasks: {bad_tasks}")

@@ -35,6 +35,8 @@ TABLE: dict[str, tuple[str, str, str]] = {
     "source_audio": ("Source audio", "源音频", "ソース音声"),
     "reference_audio": ("Reference audio (timbre)", "参考音频（音色）", "参照音声（音色）"),
     "strength": ("Cover strength", "翻唱强度", "カバー強度"),
+    "cover_noise_strength": ("Start from the noised source", "从加噪源音频开始", "ノイズを加えたソースから開始"),
+    "repaint_strength": ("Repaint strength outside the window", "窗口外重绘强度", "範囲外の修正強度"),
     "repaint_start": ("Start (s)", "开始（秒）", "開始（秒）"),
     "repaint_end": ("End (s)", "结束（秒）", "終了（秒）"),
     "track": ("Track", "音轨", "トラック"),

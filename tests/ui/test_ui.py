@@ -184,3 +184,16 @@ def test_cli_refuses_a_public_host_without_keys(capsys) -> None:
     assert "refusing to listen on 0.0.0.0 without API keys" in capsys.readouterr().err
     assert main(["ui", "--model", "/nonexistent", "--share", "--api"]) == 2
 
+
+
+def test_lang_builds_the_page_in_that_language(tmp_path) -> None:
+    from songstep.server.settings import ServerSettings
+    from songstep.ui.app import SongstepUI
+    from songstep.ui.jobs import Jobs
+
+    host = SimpleNamespace(state=SimpleNamespace(settings=ServerSettings(data_dir=tmp_path)))
+    ui = SongstepUI(Jobs(host, FakePipe()), "ja")
+    ui.build()
+    assert ui.go.value == "生成" and ui.c["caption"].label == t("caption", "ja")
+    assert dict((v, k) for k, v in ui.task.choices)["repaint"] == "部分修正"
+    assert ui.c["duration"].visible and not ui.c["source_audio"].visible  # the new-song form first

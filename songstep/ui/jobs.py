@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from songstep.errors import InvalidRequest
+from songstep.errors import InvalidAudio, InvalidRequest
 from songstep.server.settings import ServerSettings
 from songstep.server.store import FINISHED, Job
 
@@ -107,7 +107,10 @@ class Jobs:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / name
         shutil.copyfile(path, target)
-        return str(checked_audio(target, self.settings))
+        try:
+            return str(checked_audio(target, self.settings))
+        except InvalidAudio as exc:  # the reason, without the server's file path
+            raise InvalidAudio(f"{name}: {str(exc).split(' (')[0]}") from None
 
     def submit(self, fields: dict[str, Any], options: dict[str, Any], job_id: str) -> Job:
         service = self.service

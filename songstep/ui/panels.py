@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 
 def available(module: str) -> bool:
+    """Whether `module` is part of this songstep package (a finder that maps names to another
+    checkout, such as an editable install of a different tree, does not count)."""
+    import songstep
+
     try:
-        return importlib.util.find_spec(module) is not None
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return False
+    origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+    return origin is not None and any(origin.is_relative_to(Path(p).resolve()) for p in songstep.__path__)
 
 
 HAS_LRC = available("songstep.pipeline.lyrics_timing")

@@ -248,12 +248,18 @@ class SongstepUI:
             job_id = self.jobs.new_id()
             fields, options = self._request(data, job_id)
             self.jobs.submit(fields, options, job_id)
+            shown = None
             for view in self.jobs.wait(job_id):
                 if view.status == "queued":
-                    yield {self.status: self.t("queued", pos=view.position)}
+                    text = self.t("queued", pos=view.position)
                 elif view.status == "running":
                     progress(view.progress, desc=view.stage or "…")
-                    yield {self.status: self.t("running", stage=view.stage or "…", pct=round(100 * view.progress))}
+                    text = self.t("running", stage=view.stage or "…", pct=round(100 * view.progress))
+                else:
+                    break
+                if text != shown:  # only changes travel to the page
+                    shown = text
+                    yield {self.status: text}
             job = view.job
             if job.status != SUCCEEDED:
                 raise SongstepError(job.error or job.status)

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     from songstep.server import cli as server_cli  # `songstep serve` (its heavy imports are lazy)
 
     server_cli.add_parser(sub)
+    from songstep.ui import cli as ui_cli  # `songstep ui` (gradio is imported only when it runs)
+
+    ui_cli.add_parser(sub)
     return parser
 
 

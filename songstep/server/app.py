@@ -177,7 +177,7 @@ def _protected_docs(app: FastAPI) -> None:
 def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | None = None) -> FastAPI:
     """The app. `pipeline_factory()` returns a `Pipeline`, a list of them or a dict name → pipeline
     (the first is the default model); it runs once, at startup."""
-    from songstep.server import routes_chat, routes_upstream, routes_v2
+    from songstep.server import routes_chat, routes_lora, routes_upstream, routes_v2
 
     settings = settings or ServerSettings()
     hidden = {"openapi_url": None, "docs_url": None, "redoc_url": None} if settings.auth_enabled else {}
@@ -209,4 +209,5 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     app.include_router(routes_upstream.router, dependencies=[Depends(require_key)])
     app.include_router(routes_chat.router, dependencies=[Depends(require_key)])
     app.include_router(routes_v2.router, dependencies=[Depends(require_key)])
+    app.include_router(routes_lora.router, dependencies=[Depends(require_key)])
     return app

@@ -96,3 +96,8 @@ class ServerSettings:
     @property
     def uploads_dir(self) -> Path:
         return Path(self.data_dir) / "uploads"
+
+    @property
+    def loras_dir(self) -> Path:
+        """The only folder `/v1/lora/load` reads adapters from (a client names one inside it)."""
+        return Path(self.data_dir) / "loras"

@@ -69,7 +69,10 @@ def test_generate_with_thinking(tiny_tree, tmp_path, capsys):
     audio, sidecar = [p for p in out.split()]
     doc = json.loads(open(sidecar).read())
     codes = len(audio_code_ids(doc["params"]["audio_codes"]))
-    assert codes == 50 and doc["params"]["task"] == "cover" and doc["params"]["seed"] == 5
+    assert codes == 50 and doc["params"]["seed"] == 5
+    # the task the user ran; the row the codes made it run as beside it, and the user's own caption
+    assert (doc["params"]["task"], doc["params"]["runs_as"]) == ("text2music", "cover")
+    assert doc["params"]["request"]["caption"] == "lofi"
     assert sf.info(audio).frames == codes * 5 * HOP_LENGTH
     out = _run(capsys, "generate", *_lm(tiny_tree), "--caption", "lofi", "--duration", "10", "--bpm", "90",
                "--key", "C major", "--time-signature", "4", "--seed", "5", "--no-thinking", "--quiet",

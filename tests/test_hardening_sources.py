@@ -37,7 +37,7 @@ def test_an_int_is_never_taken_as_a_file_descriptor(tiny_tree, tmp_path, source_
 
     pipe = Pipeline.from_pretrained(str(tiny_tree), device="cpu", lm="none")
     with open(source_wav, "rb") as f:
-        with pytest.raises(InvalidRequest, match="path, a binary file object or a tensor, not int"):
+        with pytest.raises(InvalidRequest, match="a path, a file object or a tensor, got int"):
             pipe.cover(f.fileno(), seed=1, steps=1)
         os.fstat(f.fileno())  # the caller's descriptor is still open
         assert f.tell() == 0  # and unread

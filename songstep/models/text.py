@@ -57,7 +57,8 @@ class TextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         tok_path = Path(tokenizer_path or path)
-        if not any((tok_path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        if tokenizer_path is not None and not any(
+                (tok_path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
             raise ModelNotFound(f"no text tokenizer at {tok_path} (tokenizer.json missing)")
         with component_folder(path, "text encoder") as path:
             tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=False, local_files_only=True)

@@ -49,7 +49,7 @@ def record(plan, prep, variant: str, source: dict[str, Any]) -> dict[str, Any]:
     the task actually run, the sampler settings and which of them were defaults."""
     req = {**plan.request.to_json(), "seed": plan.seeds[0]}  # the seed actually used, also when random
     return {
-        **req,
+        **plan.request.to_json(full=True),
         "request": req,
         "task": plan.request.task,
         "runs_as": prep.spec.name,

@@ -25,7 +25,8 @@ from songstep.server.metrics import Metrics
 from songstep.server.schemas import Envelope, envelope
 from songstep.server.service import JobService
 from songstep.server.settings import ServerSettings
-from songstep.server.store import QueueFull, open_store
+from songstep.server.store import QueueFull
+from songstep.server.stores import open_store
 from songstep.server.uploads import TooLarge
 from songstep.server.worker import Slot, model_names
 

@@ -27,6 +27,7 @@ from songstep.server.routes_upstream import parse, read_body
 from songstep.server.schemas import Envelope, ReleaseTaskParams
 from songstep.server.service import JobService
 from songstep.server.uploads import save_base64
+from songstep.tasks import get_task
 
 router = APIRouter(tags=["openai"])
 _TAG = re.compile(r"<(prompt|lyrics)>(.*?)</\1>", re.S | re.I)
@@ -141,7 +142,8 @@ async def _submit(request: Request, req: ChatRequest, text: str, audios: list[di
     fields = params.generation_fields()
     try:
         folder = service.settings.uploads_dir / job_id
-        names = ["source_audio" if params.task_type != "text2music" else "reference_audio", "reference_audio"]
+        source = "source_audio" if get_task(params.task_type).needs_source else "reference_audio"
+        names = [source, "reference_audio"]
         for i, part in enumerate(audios[:2]):
             if not isinstance(part.get("data"), str):
                 raise InvalidRequest("input_audio.data must be a base64 string")

@@ -252,14 +252,3 @@ class SQLiteJobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def open_store(target: str | Path) -> JobStore:
-    """The job store a URL names: `postgresql://...` (or `postgres://`) → `PostgresJobStore`
-    (several API replicas may share it); `sqlite:///path` or a plain path → `SQLiteJobStore`."""
-    text = str(target)
-    if text.startswith(("postgresql://", "postgres://")):
-        from songstep.server.store_postgres import PostgresJobStore
-
-        return PostgresJobStore(text)
-    return SQLiteJobStore(text.removeprefix("sqlite://") if text.startswith("sqlite:///") else text)

@@ -25,6 +25,7 @@ from songstep.server.store import SUCCEEDED, QueueFull
 from songstep.ui import controls, panels
 from songstep.ui.i18n import t
 from songstep.ui.jobs import Jobs, host_app
+from songstep.ui.messages import error_text
 from songstep.ui.results import spectrogram_file, take_metadata
 
 log = logging.getLogger(__name__)
@@ -32,15 +33,6 @@ MAX_TAKES = MAX_BATCH
 SOURCE_TASKS = tuple(n for n in controls.UI_TASKS if controls.visible("source_audio", n))
 PROGRESS = gr.Progress()  # gradio gives each event its own tracker through this marker default
 KEYS = ("",) + tuple(f"{n}{a} {m}" for n in "CDEFGAB" for a in ("", "#", "b") for m in ("major", "minor"))
-
-
-def error_text(exc: BaseException, lang: str) -> str:
-    """A readable message for the status box (the error's own text, one problem per line)."""
-    if isinstance(exc, SongstepError | QueueFull | ValueError):
-        lines = str(exc).splitlines() or [type(exc).__name__]
-    else:
-        lines = [f"internal error ({type(exc).__name__}): {exc}"]
-    return f"**{t('error', lang)}:** " + "<br>".join(lines)
 
 
 @dataclass

@@ -57,7 +57,7 @@ def take_reset(ui) -> dict[Any, Any]:
 
 
 def _align(ui, index: int, info: list[dict]):
-    from songstep.ui.app import error_text
+    from songstep.ui.messages import error_text
 
     try:
         if index is None or index >= len(info):
@@ -91,7 +91,7 @@ def lora_panel(ui) -> dict[str, Any]:
 
 
 def _lora(ui, action: str, path: str, scale: float, enabled: bool):
-    from songstep.ui.app import error_text
+    from songstep.ui.messages import error_text
 
     try:
         lora = importlib.import_module("songstep.lora")

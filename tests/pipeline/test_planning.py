@@ -46,7 +46,7 @@ def _codes(result, i=0) -> int:
 def test_planned_generation_is_five_frames_per_code(pipe):
     r = pipe.generate("lofi piano", "[Verse]\nla la", duration=10.5, seed=3)
     item = r.params["items"][0]
-    assert _codes(r) == 52 and item["task"] == "cover" and item["frames"] == 52 * 5
+    assert _codes(r) == 52 and item["task"] == "text2music" and item["runs_as"] == "cover" and item["frames"] == 52 * 5
     assert r.audio.shape == (1, 2, 52 * 5 * HOP_LENGTH)
     assert r.params["planner"]["thinking"] and r.params["planner"]["lm"] == "acestep-5Hz-lm-1.7B"
     assert item["duration"] == 10.5 and 30 <= item["bpm"] <= 300  # the user's duration, a planned bpm

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from songstep.server.store import RUNNING, SUCCEEDED, Job, SQLiteJobStore, open_store
+from songstep.server.store import RUNNING, SUCCEEDED, Job, SQLiteJobStore
+from songstep.server.stores import open_store
 
 psycopg = pytest.importorskip("psycopg")
 

@@ -15,8 +15,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("serve", help="run the HTTP API server (upstream-compatible routes + /v2 job API)")
+def add_common_flags(p: argparse.ArgumentParser, port: int) -> None:
+    """The flags `songstep serve` and `songstep ui` share: the model to load, where to listen, the
+    data folder and the API keys."""
     p.add_argument("--model", default="ACE-Step/Ace-Step1.5", help="checkpoints folder or hub repository")
     p.add_argument("--variant", default="turbo", help="DiT variant to load (turbo, base, sft, ...)")
     p.add_argument("--lm", default="auto", help="planner LM: auto, none, 0.6B, 1.7B, 4B or a folder")
@@ -24,12 +25,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--root", default="checkpoints", help="where hub downloads go")
     p.add_argument("--offline", action="store_true", help="never download")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--port", type=int, default=port)
     p.add_argument("--data-dir", default="songstep-data", help="job database, uploads and results")
     p.add_argument("--api-key", action="append", default=[], help="an accepted API key (repeatable)")
     p.add_argument("--api-keys-file", default=None, help="file with one key (or sha256:<hex>) per line")
-    p.add_argument("--queue-size", type=int, default=200, help="queued jobs before submits get 429")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback host without API keys")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("serve", help="run the HTTP API server (upstream-compatible routes + /v2 job API)")
+    add_common_flags(p, 8001)
+    p.add_argument("--queue-size", type=int, default=200, help="queued jobs before submits get 429")
     p.add_argument("--on-restart", choices=("requeue", "fail"), default="requeue",
                    help="what happens to jobs a crash interrupted")
     p.add_argument("--max-attempts", type=int, default=2, help="runs a job may get across interruptions")

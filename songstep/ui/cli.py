@@ -18,22 +18,13 @@ log = logging.getLogger(__name__)
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="run the web UI (Gradio; --api also serves the REST routes)")
-    p.add_argument("--model", default="ACE-Step/Ace-Step1.5", help="checkpoints folder or hub repository")
-    p.add_argument("--variant", default="turbo", help="DiT variant to load (turbo, base, sft, ...)")
-    p.add_argument("--lm", default="auto", help="planner LM: auto, none, 0.6B, 1.7B, 4B or a folder")
-    p.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when available)")
-    p.add_argument("--root", default="checkpoints", help="where hub downloads go")
-    p.add_argument("--offline", action="store_true", help="never download")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    from songstep.server.cli import add_common_flags
+
+    add_common_flags(p, 7860)
     p.add_argument("--share", action="store_true", default=False,
                    help="also open a public gradio.live link (off by default)")
     p.add_argument("--api", action="store_true", help="also serve the REST API routes on the same port")
     p.add_argument("--lang", choices=("en", "zh", "ja"), default="en", help="label language")
-    p.add_argument("--data-dir", default="songstep-data", help="job database, uploads and results")
-    p.add_argument("--api-key", action="append", default=[], help="an accepted API key (repeatable)")
-    p.add_argument("--api-keys-file", default=None, help="file with one key (or sha256:<hex>) per line")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback host without API keys")
     p.add_argument("--queue-size", type=int, default=200, help="queued jobs before new ones are refused")
     p.set_defaults(func=run, on_restart="requeue", max_attempts=2, keep_results=1000, max_upload_mb=50.0,
                    max_upload_seconds=600.0, request_timeout=60.0, job_timeout=3600.0, cors_origin=[])

@@ -33,14 +33,14 @@ def host_app(pipe: Any, settings: ServerSettings, *, api: bool):
 
     from songstep.server.metrics import Metrics
     from songstep.server.service import JobService
-    from songstep.server.store import SQLiteJobStore
+    from songstep.server.stores import open_store
     from songstep.server.worker import Slot, model_names
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-        store = SQLiteJobStore(settings.db_path)
+        store = open_store(settings.job_store_url)
         app.state.store = store
         name, aliases = model_names(pipe)
         service = JobService(settings, store, [Slot(name=name, aliases=aliases, pipe=pipe, is_default=True)],

@@ -94,7 +94,6 @@ def _task_parser(sub, name: str, task: str, help_text: str) -> None:
                      help="replay a sidecar .json (or a .toml of request fields); flags given here override it")
     add_request_flags(p, task)
     p.add_argument("--lyrics-file", type=Path, default=None, help="read the lyrics from a UTF-8 text file")
-    cli_align.add_flags(p)
     if not get_task(task).needs_source:  # the planner LM only plans songs without source audio
         _lm_flags(p, lm_default=None)
     _output_flags(p)
@@ -310,7 +309,6 @@ def run_task(args: argparse.Namespace) -> int:
     check_name(args.name)
     request = build_request(args)
     variant = _check_before_load(args, request)
-    cli_align.check(args, request)
     model = args.model or DEFAULT_MODEL
     status(args, f"loading {variant} from {model} on {_device(args)} …")
     pipe = Pipeline.from_pretrained(model, variant=variant, device=_device(args), dtype=_dtype(args), offload=args.offload,
@@ -337,9 +335,9 @@ def run_task(args: argparse.Namespace) -> int:
             continue  # replaying one take of a sidecar: the batch is remade, the take kept
         params = {**take.params, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
         stem = _stem(params, take.seed) if not args.name else (args.name if len(result.seeds) == 1 else f"{args.name}-{i}")
-        extra, aligned = cli_align.take_extra(args, pipe, result, request, i)
+        extra, aligned = cli_align.take_extra(request, pipe, result, i)
         audio_path, _sidecar = writer.write(stem, take.audio, result.sample_rate, {**params, **extra}, result.timings)
-        for lyric_file in cli_align.write_files(args, audio_path, aligned, extra):
+        for lyric_file in cli_align.write_files(request, audio_path, aligned, extra):
             print(lyric_file, flush=True)
     return 0
 

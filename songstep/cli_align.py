@@ -1,5 +1,6 @@
-"""The command line's lyric-timing pieces: `songstep align AUDIO --lyrics-file F` and the
-`--lrc` / `--score` options of the generating commands (registered by `songstep.cli`).
+"""The command line's lyric-timing pieces: `songstep align AUDIO --lyrics-file F`, and the files and
+sidecar fields of the generating commands' `--lrc` / `--score` (request fields: the flags are
+generated from the request type and the pipeline computes `result.alignments`).
 
 `--lrc` writes `<name>.lrc` (`[mm:ss.xx]line`) and `<name>.vtt` (WebVTT) beside each take;
 `--score` adds `lyric_score` (lm_score, dit_score and their coverage / monotonicity / confidence)
@@ -18,54 +19,30 @@ from pathlib import Path
 from typing import Any
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    """`--lrc` and `--score` for a generating command."""
-    g = p.add_argument_group("lyric timing")
-    g.add_argument("--lrc", action="store_true", help="write <name>.lrc and <name>.vtt lyric timestamps beside each take")
-    g.add_argument("--score", action="store_true", help="add the lyric-alignment score (and, with an LM, AutoScore) to the sidecar")
-
-
-def wanted(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "lrc", False) or getattr(args, "score", False))
-
-
-def check(args: argparse.Namespace, request) -> None:
-    """Refuse `--lrc` / `--score` on a request with nothing to align (before loading models)."""
-    if not wanted(args):
-        return
-    from songstep.errors import InvalidRequest
-    from songstep.pipeline.lyrics_timing import nothing_to_align
-
-    reason = nothing_to_align(request)
-    if reason:
-        flags = " / ".join(f for f in ("--lrc", "--score") if getattr(args, f[2:], False))
-        raise InvalidRequest(f"{flags}: {reason}")
-
-
-def take_extra(args: argparse.Namespace, pipe, result, request, take: int) -> tuple[dict, Any]:
-    """(sidecar fields, the alignment) for one take; nothing when neither flag is given. Computed
-    before the take is written, so the sidecar is written once, whole."""
-    if not wanted(args):
+def take_extra(request, pipe, result, take: int) -> tuple[dict, Any]:
+    """(sidecar fields, the alignment) for one take of a request with `lrc` or `score`; computed by
+    the pipeline (`result.alignments`) before the take is written, so the sidecar is written once."""
+    if not (request.lrc or request.score) or not result.alignments:
         return {}, None
     from songstep.pipeline.lyrics_timing import sidecar_fields
 
-    aligned = pipe.align(result, request, take=take, score=args.score)
-    extra = sidecar_fields(aligned, lrc=args.lrc, score=args.score)
-    if args.score and pipe.planner is not None:
+    aligned = result.alignments[take]
+    extra = sidecar_fields(aligned, lrc=request.lrc, score=request.score)
+    if request.score and pipe.planner is not None:
         import dataclasses
 
         extra["auto_score"] = dataclasses.asdict(pipe.score_takes(result)[take])
     return extra, aligned
 
 
-def write_files(args: argparse.Namespace, audio_path: Path, aligned, extra: dict) -> list[Path]:
+def write_files(request, audio_path: Path, aligned, extra: dict) -> list[Path]:
     """The .lrc and .vtt beside the take as finally named (with --lrc); the score on stderr (--score)."""
     if aligned is None:
         return []
     from songstep.pipeline.lyrics_timing import write_lyric_files
 
-    files = list(write_lyric_files(audio_path, aligned)) if args.lrc else []
-    if args.score:
+    files = list(write_lyric_files(audio_path, aligned)) if request.lrc else []
+    if request.score:
         shown = {k: v for k, v in extra.items() if k != "lyric_alignment"}
         sys.stderr.write(json.dumps({"file": str(audio_path), **shown}, ensure_ascii=False) + "\n")
     return files

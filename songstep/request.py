@@ -149,6 +149,11 @@ class GenerationRequest(BaseModel):
     lm_top_k: int = _f(0, "LM top-k (0 = off)", "planner LM", tasks=PLANNED_TASKS, ge=0)
     max_new_tokens: int | None = _f(None, "cap on the LM's free-text tokens (default 4032)", "planner LM",
                                     tasks=PLANNED_TASKS, ge=1, le=32768)
+    # -- lyric timing --------------------------------------------------------------------------
+    lrc: bool = _f(False, "lyric timestamps per take (CLI: <name>.lrc and <name>.vtt beside the audio)", "lyric timing",
+                   tasks=SONG_TASKS)
+    score: bool = _f(False, "the lyric-alignment score per take (and, with an LM loaded, AutoScore)", "lyric timing",
+                     tasks=SONG_TASKS)
     # -- output level ---------------------------------------------------------------------------
     normalize: bool | None = _f(None, "peak-normalise to -1 dBFS (default: on for new songs, covers and "
                                 "repaints; off for stems, layers and completions)", "output")
@@ -258,6 +263,9 @@ class GenerationRequest(BaseModel):
             problems.append(f"tracks: task {self.task!r} needs a track name ({', '.join(TRACK_NAMES[:4])}, …)")
         if spec.needs_source and self.source_audio is None:
             problems.append(f"source_audio: task {self.task!r} needs source audio")
+        if (self.lrc or self.score) and (self.instrumental or self.lyrics.strip().lower() in ("", "[instrumental]")):
+            wanted = " / ".join(n for n in ("lrc", "score") if getattr(self, n))
+            problems.append(f"{wanted}: nothing to align: the request has no lyrics (instrumental)")
         if self.seed is not None and self.seed + self.batch - 1 > MAX_SEED:
             problems.append(f"seed: {self.seed} + batch {self.batch} passes the largest seed {MAX_SEED}")
         if problems:

@@ -21,7 +21,7 @@ SAMPLES = {
     "dcw": (None, True), "seed": ("9", 9), "batch": ("2", 2), "retake_seed": ("4", 4), "retake_variance": ("0.1", 0.1),
     "thinking": (None, True), "use_cot_caption": (None, True), "lm_temperature": ("0.7", 0.7), "lm_cfg_scale": ("2.5", 2.5),
     "lm_top_p": ("0.8", 0.8), "lm_top_k": ("5", 5), "max_new_tokens": ("100", 100), "normalize": (None, True),
-    "loudness": ("-14", -14.0),
+    "loudness": ("-14", -14.0), "lrc": (None, True), "score": (None, True),
 }
 NEEDS = {"cover": ["--source", "s.wav"], "repaint": ["--source", "s.wav"], "add-layer": ["--source", "s.wav", "--track", "bass"],
          "extract": ["--source", "s.wav", "--track", "bass"], "complete": ["--source", "s.wav", "--tracks", "bass"]}
@@ -44,7 +44,8 @@ def test_each_flag_reaches_its_field_and_comes_back(command: str) -> None:
     for name in fields_for(task):
         text, value = SAMPLES[name]
         flag = flag_name(name)
-        argv = base + ([flag] if text is None else [flag, text])
+        lyrics = ["--lyrics", "[Verse]\nla"] if name in ("lrc", "score") else []  # something to align
+        argv = base + lyrics + ([flag] if text is None else [flag, text])
         request = _parse(argv)
         assert getattr(request, name) == value, (command, flag)
         assert name in request.model_fields_set

@@ -65,6 +65,7 @@ class GenerationResult:
     params: dict[str, Any]  # the full effective parameters (request + defaults + derived)
     timings: dict[str, float] = field(default_factory=dict)
     latents: torch.Tensor | None = None
+    alignments: list | None = None  # per take, with lrc=True or score=True: LyricAlignment (lrc, vtt, lines, score)
 
     @property
     def duration(self) -> float:
@@ -231,6 +232,9 @@ class Pipeline(LoraMixin):
                 result = self._generate(plan, generator=generator, progress=progress)
             else:
                 result = self._run_planned(plan, generator, progress, codes, plan_options)
+            if request.lrc or request.score:
+                result.alignments = [self.align(result, request, take=i, score=request.score)
+                                     for i in range(len(result.seeds))]
         if output_type == "np":
             result.audio = result.audio.numpy()
         return result

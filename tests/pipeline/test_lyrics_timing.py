@@ -146,3 +146,17 @@ def test_python_api_refuses_and_truncates(sharp_pipe) -> None:
     texts = [ln.text for ln in aligned.lines]
     assert 0 < len(texts) < 600 and texts[:-1] == long.splitlines()[: len(texts) - 1]
     assert long.splitlines()[len(texts) - 1].startswith(texts[-1])
+
+
+def test_lrc_and_score_are_request_fields_with_result_fields(tiny_tree) -> None:
+    from songstep.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_tree, device="cpu", lm="none")
+    result = pipe.generate("pop", LYRICS, duration=10, seed=5, steps=2, batch=2, lrc=True, score=True)
+    assert len(result.alignments) == 2
+    for aligned in result.alignments:
+        assert aligned.lrc.startswith("[") and aligned.vtt.startswith("WEBVTT") and aligned.score is not None
+    plain = pipe.generate("pop", LYRICS, duration=10, seed=5, steps=2, batch=2)
+    assert plain.alignments is None and torch.equal(plain.audio, result.audio)  # timing never changes the audio
+    with pytest.raises(InvalidRequest, match="nothing to align"):
+        pipe.generate("pop", duration=10, instrumental=True, lrc=True)

@@ -26,7 +26,8 @@ PAIR_FIELDS = {"cfg_start": ("cfg_interval", 0), "cfg_end": ("cfg_interval", 1)}
 # Request fields the UI leaves to their defaults on purpose (`thinking` is the LM on/off switch,
 # sent as the worker's option; audio codes, custom timesteps and level are CLI/API-only).
 NOT_IN_UI = ("task", "method", "thinking", "audio_codes", "timesteps", "dcw", "retake_seed", "retake_variance",
-             "max_new_tokens", "normalize", "loudness")
+             "max_new_tokens", "normalize", "loudness",
+             "lrc", "score")  # lyric timing: the take panels ask the pipeline for it on demand
 UI_TASKS = ("text2music", "cover", "repaint", "lego", "extract", "complete")
 INT_FIELDS = {"bpm", "steps", "seed", "batch", "lm_top_k"}
 # Optional numbers: typed into text boxes, so an empty box means "not given" (None).

@@ -226,7 +226,7 @@ def _progress_bar(quiet: bool):
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False, mininterval=0)
-        bar.n = done
+        bar.total, bar.n = total, done
         bar.refresh()
 
     def close() -> None:
@@ -237,9 +237,47 @@ def _progress_bar(quiet: bool):
 
 
 def status(args: argparse.Namespace, message: str) -> None:
-    """One status line per stage on stderr (not with --quiet)."""
-    if not getattr(args, "quiet", False):
-        print(message, file=sys.stderr, flush=True)
+    """One status line per stage on stderr (not with --quiet); the library's own stages come
+    through the `songstep.status` logger (see `_show_status`)."""
+    logging.getLogger("songstep.status").info(message)
+
+
+class _StderrLines(logging.Handler):
+    """Bare message lines on the current sys.stderr (status lines)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _show_status(quiet: bool) -> None:
+    """The library logs one INFO line per stage to `songstep.status` (downloading, loading each
+    component, device/dtype/tier); the command shows them as plain lines unless --quiet."""
+    lg = logging.getLogger("songstep.status")
+    for h in [h for h in lg.handlers if isinstance(h, _StderrLines)]:
+        lg.removeHandler(h)
+    lg.propagate = False
+    lg.setLevel(logging.WARNING if quiet else logging.INFO)
+    lg.addHandler(_StderrLines())
+
+
+_LONG_COMMANDS = (*COMMANDS, "plan", "create-sample", "understand")
+
+
+def _first_status(argv: list[str]) -> None:
+    """The first status line, printed before torch is imported (seconds on a busy machine)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in _LONG_COMMANDS and not {"-h", "--help", "--version", "--quiet"} & set(argv):
+        print(f"songstep {command}: checking the request …", file=sys.stderr, flush=True)
+
+
+def _one_line_per_warning() -> None:
+    """huggingface_hub has its own stderr handler and also propagates to the root one, so each of
+    its warnings would print twice: keep only the root handler."""
+    import huggingface_hub.utils.logging  # noqa: F401 - configures the "huggingface_hub" logger
+
+    hf_logger = logging.getLogger("huggingface_hub")
+    for h in [h for h in hf_logger.handlers if type(h) is logging.StreamHandler]:
+        hf_logger.removeHandler(h)
 
 
 def _stem(params: dict[str, Any], seed: int) -> str:
@@ -299,12 +337,10 @@ def run_task(args: argparse.Namespace) -> int:
     request = build_request(args)
     variant = _check_before_load(args, request)
     model = args.model or DEFAULT_MODEL
-    status(args, f"loading {variant} from {model} on {_device(args)} …")
     pipe = Pipeline.from_pretrained(model, variant=variant, device=_device(args), dtype=_dtype(args), offload=args.offload,
                                     root=args.root, offline=args.offline, lm=_lm_choice(args, request),
                                     lm_backend=getattr(args, "lm_backend", "transformers"))
-    status(args, f"running {request.task} ({request.batch} take{'s' if request.batch > 1 else ''}) on {pipe.device}, "
-                 f"{str(pipe.dtype).removeprefix('torch.')}, {pipe.tier.name} tier")
+    status(args, f"running {request.task} ({request.batch} take{'s' if request.batch > 1 else ''})")
     progress, close = _progress_bar(args.quiet)
     try:
         result = pipe.run(request, progress=progress)
@@ -481,8 +517,12 @@ def _quiet_libraries(verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _first_status(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    _show_status(args.quiet)
+    _one_line_per_warning()
     _quiet_libraries(args.verbose)
     from songstep.errors import InvalidAudio, InvalidRequest, SongstepError
 

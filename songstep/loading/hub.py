@@ -32,6 +32,7 @@ from huggingface_hub.hf_api import RepoFile
 from songstep.errors import ChecksumMismatch, DownloadError, ModelNotFound
 
 logger = logging.getLogger(__name__)
+status = logging.getLogger("songstep.status")  # one line per stage; the CLI shows these on stderr
 
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
 MAIN_REVISION = "19671f406d603126926c1b7e2adc169acbcade22"
@@ -464,13 +465,37 @@ def _usable(folder: Path, comp: Component, entry: Mapping[str, Any] | None, run:
     return True
 
 
-def _verify_existing(folder: Path, comp: Component, entry: Mapping[str, Any] | None, run: _Run) -> None:
-    recorded = (entry or {}).get("files")
+_TOLD: set[str] = set()
+
+
+def found_revision(folder: Path, comp: Component) -> str | None:
+    """The commit a hand-placed folder came from, when huggingface_hub's `local_dir` metadata
+    (`.cache/huggingface/download/<file>.metadata`, first line) is next to it; else None."""
+    folder = Path(folder)
+    repo_path = f"{comp.subfolder}/config.json" if comp.subfolder else "config.json"
+    base = folder.parent if comp.subfolder else folder
+    meta = base / ".cache" / "huggingface" / "download" / f"{repo_path}.metadata"
     try:
-        verify_folder(folder, comp, level=run.verify, cache=run.cache, recorded=recorded)
+        first = meta.read_text(encoding="utf-8").splitlines()[0].strip()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    return first if re.fullmatch(r"[0-9a-f]{40}", first) else None
+
+
+def _verify_existing(folder: Path, comp: Component, entry: Mapping[str, Any] | None, run: _Run) -> None:
+    if entry is None:  # the user's own folder (another revision, a fine-tune): used as it is
+        verify_folder(folder, comp, level="none")
+        if str(folder) not in _TOLD:
+            _TOLD.add(str(folder))
+            revision = found_revision(folder, comp)
+            at = f"revision {revision[:10]}" if revision else "unknown revision"
+            pinned = f", pinned {comp.revision[:10]}" if comp.revision and revision != comp.revision else ""
+            status.info("using %s as it is (%s%s; not downloaded by songstep, so not checked against the "
+                        "pinned checksums; its shapes are checked when it loads)", folder, at, pinned)
+        return
+    try:  # our own download: checked against the table and the lock
+        verify_folder(folder, comp, level=run.verify, cache=run.cache, recorded=entry.get("files"))
     except ChecksumMismatch as e:
-        if entry is None:  # not ours: never delete a user's files
-            raise
         _discard(e.path, run.cache)  # type: ignore[attr-defined]
         run.lock.invalidate(comp.name)
         raise ChecksumMismatch(f"{e}; removed it, run again to download it") from e
@@ -575,6 +600,7 @@ def _from_hub(comp: Component, run: _Run) -> Path:
     if run.offline or _env_offline():
         reason = "offline mode is on (offline=True or HF_HUB_OFFLINE=1)"
         raise DownloadError(_how_to_download(comp, run.root, reason))
+    check_name_resolves(getattr(run.hub, "endpoint", None))
     try:
         commit = _target_commit(comp, run)
         listing = _remote_files(comp, commit, run)
@@ -582,7 +608,8 @@ def _from_hub(comp: Component, run: _Run) -> Path:
         if not isinstance(e.__cause__, (*_transport_errors(), hf.LocalEntryNotFoundError)):
             raise
         raise DownloadError(_how_to_download(comp, run.root, f"the hub cannot be reached ({e})")) from e
-    logger.info("%s: downloading %d files of %s@%s into %s", comp.name, len(listing), comp.repo_id, commit, folder)
+    status.info("downloading %s: %d files, %s from %s@%s into %s", comp.name, len(listing),
+                format_size(sum(f.size for f in listing)), comp.repo_id, commit[:10], folder)
     run.lock.mark(comp, commit)
     records = {_relative(comp, f.path): _fetch(comp, f, commit, run, i, len(listing))
                for i, f in enumerate(listing)}
@@ -620,3 +647,68 @@ def download(components: Iterable[str] = DEFAULT_COMPONENTS, root: str | Path = 
     hub = hub if hub is not None else HfHubClient()
     return {name: resolve(source, name, root=root, offline=offline, progress=progress, update=update,
                           verify=verify, hub=hub, table=table) for name in components}
+
+
+def format_size(size: int) -> str:
+    """Bytes as the status lines show them: GB above 0.1 GB, else MB."""
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def check_name_resolves(endpoint: str | None) -> None:
+    """Fail at once when the hub's host name does not resolve (no network, a typo in HF_ENDPOINT):
+    huggingface_hub would retry each request five times with backoff first. Skipped behind a
+    proxy, which resolves names itself."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not endpoint or any(os.environ.get(v) for v in _PROXY_VARS):
+        return
+    parts = urlsplit(endpoint)
+    if not parts.hostname:
+        raise DownloadError(f"the hub endpoint {endpoint!r} is not a URL; fix HF_ENDPOINT (e.g. https://huggingface.co)")
+    try:
+        socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError) as e:
+        raise DownloadError(
+            f"cannot resolve {parts.hostname} (the hub at {endpoint}: {e}): check the network, use --offline "
+            "with checkpoints already on disk, or set HF_ENDPOINT to a reachable mirror") from None
+
+
+@dataclass(frozen=True)
+class PlannedDownload:
+    """What `download()` would fetch for one component: files missing or stale under `root`."""
+
+    name: str
+    repo_id: str
+    commit: str
+    files: int
+    size: int  # bytes still to fetch
+
+
+def plan_downloads(components: Iterable[str], root: str | Path = "checkpoints", *, source: str = MAIN_REPO,
+                   update: bool = False, hub: HubClient | None = None,
+                   table: Mapping[str, Component] | None = None) -> list[PlannedDownload]:
+    """Ask the hub (repo info and file listing, no file bytes) what `download()` will fetch and how
+    big it is, so the size can be shown before the download starts. Complete folders are left out."""
+    table = table if table is not None else COMPONENTS
+    hub = hub if hub is not None else HfHubClient()
+    root = Path(root).expanduser()
+    check_name_resolves(getattr(hub, "endpoint", None))
+    run = _Run(root, hub, ShaCache(root / SHA_CACHE_NAME), LockFile(root / LOCK_NAME), False, update, "none", None)
+    planned = []
+    for name in components:
+        if name not in table:
+            raise ModelNotFound(f"unknown component {name!r}; known: {', '.join(table)}")
+        comp = _for_source(table[name], source, table)
+        folder = root / comp.folder
+        if not update and _usable(folder, comp, run.lock.components.get(comp.name), run):
+            continue
+        commit = _target_commit(comp, run)
+        todo = [f for f in _remote_files(comp, commit, run)
+                if not ((folder / _relative(comp, f.path)).is_file()
+                        and (folder / _relative(comp, f.path)).stat().st_size == f.size)]
+        planned.append(PlannedDownload(comp.name, comp.repo_id, commit, len(todo), sum(f.size for f in todo)))
+    return planned

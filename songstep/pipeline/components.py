@@ -23,6 +23,7 @@ from songstep.models.text import TextEncoder
 from songstep.models.vae import VAE, load_silence_latent
 
 log = logging.getLogger(__name__)
+status = logging.getLogger("songstep.status")  # one line per stage; the CLI shows these on stderr
 
 VARIANTS = ("turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
 SILENCE_FILE = "silence_latent.pt"
@@ -85,9 +86,12 @@ def load_components(
     dtype = dtype or default_dtype(device)
     folders = {name: resolve_folder(model, name, root, offline) for name in (variant, "vae", "text-encoder")}
     park = torch.device("cpu") if offload else device
+    announce_load(f"{variant} DiT", folders[variant])
     dit = load_dit(folders[variant], device=park, dtype=dtype)
     silence = load_silence_latent(folders[variant] / SILENCE_FILE)[0].to(device=device, dtype=dtype)
+    announce_load("VAE", folders["vae"])
     vae = VAE.from_pretrained(folders["vae"], device=park, dtype=dtype)
+    announce_load("text encoder", folders["text-encoder"])
     text = TextEncoder.from_pretrained(folders["text-encoder"], device=park, dtype=dtype)
     if text.hidden_size != dit.config.text_hidden_dim:
         raise InvalidRequest(
@@ -96,6 +100,17 @@ def load_components(
         )
     log.info("loaded %s on %s (%s)%s", variant, device, dtype, ", offloading idle parts" if offload else "")
     return Components(dit, vae, text, silence, variant, folders, device, offload)
+
+
+def weights_size(folder: str | Path) -> int:
+    """Bytes of a component folder's weight files (what loading it reads)."""
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin", "*.pt")
+               for f in Path(folder).glob(pattern) if f.is_file())
+
+
+def announce_load(what: str, folder: str | Path) -> None:
+    """The status line before a component loads: what, its size and where from."""
+    status.info("loading %s (%s) from %s", what, hub.format_size(weights_size(folder)), folder)
 
 
 LM_SIZES = ("0.6B", "1.7B", "4B")

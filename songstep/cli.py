@@ -61,6 +61,19 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--output-dir", type=Path, default=Path("outputs"), help="(default: %(default)s)")
     o.add_argument("--name", default=None, help="file name stem (default: task-seed-hash; never overwrites)")
     o.add_argument("--overwrite", action="store_true", help="replace files of the same --name")
+    o.add_argument("--bit-depth", type=int, default=None, choices=(16, 24, 32),
+                   help="wav: 16/24-bit PCM or 32-bit float; flac: 16/24 (default: 16)")
+    o.add_argument("--mp3-bitrate", type=_bitrate, default=128, metavar="{128k,192k,256k,320k}",
+                   help="constant mp3 bit rate (default: 128k)")
+
+
+def _bitrate(text: str) -> int:
+    from songstep.audio import MP3_BITRATES
+
+    value = text.strip().lower().removesuffix("k").removesuffix("kbps").removesuffix("kb/s")
+    if not value.isdigit() or int(value) not in MP3_BITRATES:
+        raise argparse.ArgumentTypeError(f"choose one of {', '.join(f'{b}k' for b in MP3_BITRATES)}")
+    return int(value)
 
 
 # command → (task row name, help)
@@ -324,6 +337,11 @@ def _check_before_load(args: argparse.Namespace, request) -> str:
     from songstep.tasks import get_task
 
     _device(args)
+    if args.bit_depth not in (None, 16) and args.bit_depth not in audio.BIT_DEPTHS.get(args.format, ()):
+        from songstep.errors import InvalidRequest
+
+        raise InvalidRequest(f"--bit-depth {args.bit_depth} does not apply to --format {args.format} "
+                             "(wav: 16, 24, 32; flac: 16, 24)")
     if request.loudness is not None:
         audio.check_loudness_target(request.loudness)
     variant = args.variant or ("base" if get_task(request.task).needs_turbo_off else "turbo")
@@ -354,7 +372,8 @@ def run_task(args: argparse.Namespace) -> int:
         params = {**take.params, "samples": int(result.audio.shape[-1]), "sample_rate": result.sample_rate}
         stem = _stem(params, take.seed) if not args.name else (args.name if len(result.seeds) == 1 else f"{args.name}-{take.params['batch_index']}")
         path = _free_path(args.output_dir, stem, args.format, args.overwrite)
-        path = audio_save(path, take.audio, result.sample_rate, args.format, params)
+        path = audio_save(path, take.audio, result.sample_rate, args.format, params,
+                          bit_depth=args.bit_depth or 16, mp3_bitrate=args.mp3_bitrate)
         sidecar = audio_sidecar(path, params, result.timings)
         print(path, flush=True)
         print(sidecar, flush=True)
@@ -374,10 +393,10 @@ def _free_path(folder: Path, stem: str, fmt: str, overwrite: bool) -> Path:
     return path
 
 
-def audio_save(path: Path, wave, sample_rate: int, fmt: str, params: dict[str, Any]) -> Path:
+def audio_save(path: Path, wave, sample_rate: int, fmt: str, params: dict[str, Any], **options: Any) -> Path:
     from songstep import audio
 
-    return audio.save_audio(path, wave, sample_rate, fmt, params=params)
+    return audio.save_audio(path, wave, sample_rate, fmt, params=params, **options)
 
 
 def audio_sidecar(path: Path, params: dict[str, Any], timings: dict[str, float]) -> Path:
@@ -463,10 +482,21 @@ def run_download(args: argparse.Namespace) -> int:
     from songstep.loading import hub
 
     if args.list:
+        locked = hub.LockFile(Path(args.root) / hub.LOCK_NAME).repos
         for comp in hub.list_components():
-            print(f"{comp.name:18} {comp.repo_id}/{comp.subfolder or ''}  {comp.role}")
+            revision = comp.revision or locked.get(comp.repo_id)
+            pin = f"@{revision[:10]}" if revision else "@main (locked on first download)"
+            pin += "" if comp.revision or not revision else " (locked)"
+            where = comp.repo_id + (f"/{comp.subfolder}" if comp.subfolder else "")
+            print(f"{comp.name:18} {where}{pin}  {comp.role}")
         return 0
     names = args.components or list(hub.DEFAULT_COMPONENTS)
+    planned = hub.plan_downloads(names, args.root, update=args.update)  # sizes first, before any byte
+    for item in planned:
+        status(args, f"will download {item.name}: {item.files} files, {hub.format_size(item.size)} "
+                     f"({item.repo_id}@{item.commit[:10]})")
+    if planned:
+        status(args, f"total: {hub.format_size(sum(i.size for i in planned))} into {args.root}")
     for name, folder in hub.download(names, args.root, update=args.update).items():
         print(f"{name}: {folder}")
     return 0
@@ -480,6 +510,7 @@ def run_info(args: argparse.Namespace) -> int:
     from songstep.pipeline.tiers import detect_tier
 
     root = Path(args.root)
+    logging.getLogger("songstep.status").setLevel(logging.WARNING)  # the JSON says it all
     device = _device(args).type
     info: dict[str, Any] = {"songstep": __version__, "torch": torch.__version__, "device": device}
     if device == "cuda":
@@ -487,11 +518,9 @@ def run_info(args: argparse.Namespace) -> int:
         info.update(gpu=torch.cuda.get_device_name(), free_gib=round(free / 2**30, 2), total_gib=round(total / 2**30, 2))
     tier = detect_tier(device)
     info["tier"] = {"name": tier.name, "max_batch": tier.max_batch, "lm": tier.lm, "offload": tier.offload}
-    installed = {}
-    for comp in hub.list_components():
-        folder = root / comp.folder
-        installed[comp.name] = str(folder) if folder.is_dir() else None
-    info["checkpoints"] = {"root": str(root), "installed": installed}
+    found = {comp.name: hub.folder_state(root, comp) for comp in hub.list_components()}
+    info["checkpoints"] = {"root": str(root), "components": {k: v for k, v in found.items() if v is not None},
+                           "absent": [k for k, v in found.items() if v is None]}
     if args.model is not None:
         from songstep.pipeline.components import describe_model
 

@@ -110,9 +110,9 @@ def _build_table() -> Mapping[str, Component]:
              _dit("ce57ceb4a82890c87d3d6071c70b2392db91f6c7dcf3f96b32ec7205f0d40457")),
         _row("turbo-continuous", "acestep-v15-turbo-continuous", "2B DiT, turbo, shift 1-5",
              _dit("cffa3e3a44d29cfc686b35d45aab3e4f9dc72c959e5e741d92a1dfc14ac35cd0")),
-        _row("base", "acestep-v15-base", "2B DiT base, CFG, ~50 steps",
+        _row("base", "acestep-v15-base", "2B DiT base, CFG, 32 steps",
              _dit("4177f600501a6d4bd81cadaa0abac557ffd15c54e5c8cb52053cdb24a0844d6b", _DIT_2B_BYTES, 1940)),
-        _row("sft", "acestep-v15-sft", "2B DiT SFT, CFG, ~50 steps",
+        _row("sft", "acestep-v15-sft", "2B DiT SFT, CFG, 32 steps",
              _dit("d4dd3a93870f06720027965b90771f529ab02094b3d29e2518f1d5e097e1af7e")),
         _row("xl-turbo", "acestep-v15-xl-turbo", "4B DiT, distilled", _dit_xl(_XL_TURBO_SHARDS, 2407)),
         _row("xl-base", "acestep-v15-xl-base", "4B DiT base", _dit_xl()),
@@ -489,7 +489,7 @@ def _verify_existing(folder: Path, comp: Component, entry: Mapping[str, Any] | N
             _TOLD.add(str(folder))
             revision = found_revision(folder, comp)
             at = f"revision {revision[:10]}" if revision else "unknown revision"
-            pinned = f", pinned {comp.revision[:10]}" if comp.revision and revision != comp.revision else ""
+            pinned = f", pinned {comp.revision[:10]}" if revision and comp.revision and revision != comp.revision else ""
             status.info("using %s as it is (%s%s; not downloaded by songstep, so not checked against the "
                         "pinned checksums; its shapes are checked when it loads)", folder, at, pinned)
         return
@@ -712,3 +712,33 @@ def plan_downloads(components: Iterable[str], root: str | Path = "checkpoints", 
                         and (folder / _relative(comp, f.path)).stat().st_size == f.size)]
         planned.append(PlannedDownload(comp.name, comp.repo_id, commit, len(todo), sum(f.size for f in todo)))
     return planned
+
+
+def folder_state(root: str | Path, comp: Component) -> dict[str, Any] | None:
+    """What `songstep info` says of `root/<folder>`: None when absent; else its folder and whether
+    songstep downloaded it (checked against the pinned checksums and the lock), it is the user's
+    own copy (used as it is, revision when known) or it is incomplete (which files are missing)."""
+    root = Path(root).expanduser()
+    folder = root / comp.folder
+    if not folder.is_dir():
+        return None
+    state: dict[str, Any] = {"folder": str(folder)}
+    missing = [name for name in comp.required_files if not (folder / name).is_file()]
+    if missing:
+        state["state"] = f"incomplete: missing {', '.join(missing)}"
+        return state
+    try:
+        entry = LockFile(root / LOCK_NAME).components.get(comp.name)
+    except DownloadError:
+        entry = None
+    if entry is not None and entry.get("status") == "complete":
+        state.update(state="downloaded (checked against the pinned checksums)", commit=entry.get("commit"))
+        return state
+    if entry is not None:
+        state["state"] = "partial download: run `songstep download` again"
+        return state
+    state["state"] = "local (used as is)"
+    revision = found_revision(folder, comp)
+    if revision:
+        state["revision"] = revision
+    return state

@@ -176,6 +176,8 @@ def describe_model(model: str | Path, *, root: str | Path = "checkpoints", offli
                 out["components"][name] = {"missing": str(exc).splitlines()[0]}
             continue
         entry: dict = {"folder": str(folder)}
+        if not local:  # the hub id's folder under root: our download, or the user's own copy
+            entry.update({k: v for k, v in (hub.folder_state(root, hub.COMPONENTS[name]) or {}).items() if k != "folder"})
         if name in VARIANTS:
             try:
                 entry["family"] = family(DiTConfig.from_file(folder / "config.json"))

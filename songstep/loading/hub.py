@@ -579,7 +579,8 @@ def _fetch(comp: Component, remote: RemoteFile, commit: str, run: _Run, index: i
     target = run.root / comp.folder / name
     if target.is_file() and target.stat().st_size != remote.size:  # stale or truncated: fetch again
         _discard(target, run.cache, local_dir, remote.path)
-    bar = _progress_bar(run.progress, comp.name, name, index, count) if run.progress else None
+    # a reporting bar, or a silent one: never huggingface_hub's own bars in a library user's output
+    bar = _progress_bar(run.progress or (lambda _: None), comp.name, name, index, count)
     path = run.hub.download(comp.repo_id, remote.path, commit, local_dir, progress_bar=bar)
     try:
         record = _verify_download(path, remote, comp.files.get(name), run.cache)
@@ -600,7 +601,13 @@ def _from_hub(comp: Component, run: _Run) -> Path:
     if run.offline or _env_offline():
         reason = "offline mode is on (offline=True or HF_HUB_OFFLINE=1)"
         raise DownloadError(_how_to_download(comp, run.root, reason))
-    check_name_resolves(getattr(run.hub, "endpoint", None))
+    try:
+        check_name_resolves(getattr(run.hub, "endpoint", None))
+    except DownloadError as e:
+        missing = [n for n in comp.required_files if not (folder / n).is_file()] if folder.is_dir() else []
+        if not missing:
+            raise
+        raise DownloadError(f"{folder} is incomplete (missing {', '.join(missing)}) and {e}") from None
     try:
         commit = _target_commit(comp, run)
         listing = _remote_files(comp, commit, run)

@@ -479,7 +479,8 @@ def _lm_choice_for_tool(args: argparse.Namespace) -> str:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from songstep.loading import hub
+    from songstep.loading import hub, inventory
+    from songstep.loading.preflight import format_size
 
     if args.list:
         locked = hub.LockFile(Path(args.root) / hub.LOCK_NAME).repos
@@ -491,12 +492,12 @@ def run_download(args: argparse.Namespace) -> int:
             print(f"{comp.name:18} {where}{pin}  {comp.role}")
         return 0
     names = args.components or list(hub.DEFAULT_COMPONENTS)
-    planned = hub.plan_downloads(names, args.root, update=args.update)  # sizes first, before any byte
+    planned = inventory.plan_downloads(names, args.root, update=args.update)  # sizes first, before any byte
     for item in planned:
-        status(args, f"will download {item.name}: {item.files} files, {hub.format_size(item.size)} "
+        status(args, f"will download {item.name}: {item.files} files, {format_size(item.size)} "
                      f"({item.repo_id}@{item.commit[:10]})")
     if planned:
-        status(args, f"total: {hub.format_size(sum(i.size for i in planned))} into {args.root}")
+        status(args, f"total: {format_size(sum(i.size for i in planned))} into {args.root}")
     for name, folder in hub.download(names, args.root, update=args.update).items():
         print(f"{name}: {folder}")
     return 0
@@ -506,7 +507,7 @@ def run_info(args: argparse.Namespace) -> int:
     import torch
 
     from songstep import __version__
-    from songstep.loading import hub
+    from songstep.loading import hub, inventory
     from songstep.pipeline.tiers import detect_tier
 
     root = Path(args.root)
@@ -518,7 +519,7 @@ def run_info(args: argparse.Namespace) -> int:
         info.update(gpu=torch.cuda.get_device_name(), free_gib=round(free / 2**30, 2), total_gib=round(total / 2**30, 2))
     tier = detect_tier(device)
     info["tier"] = {"name": tier.name, "max_batch": tier.max_batch, "lm": tier.lm, "offload": tier.offload}
-    found = {comp.name: hub.folder_state(root, comp) for comp in hub.list_components()}
+    found = {comp.name: inventory.folder_state(root, comp) for comp in hub.list_components()}
     info["checkpoints"] = {"root": str(root), "components": {k: v for k, v in found.items() if v is not None},
                            "absent": [k for k, v in found.items() if v is None]}
     if args.model is not None:

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,9 +30,10 @@ from huggingface_hub import errors as hf
 from huggingface_hub.hf_api import RepoFile
 
 from songstep.errors import ChecksumMismatch, DownloadError, ModelNotFound
+from songstep.loading import preflight
+from songstep.loading.preflight import DownloadProgress, ProgressFn
 
 logger = logging.getLogger(__name__)
-status = logging.getLogger("songstep.status")  # one line per stage; the CLI shows these on stderr
 
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
 MAIN_REVISION = "19671f406d603126926c1b7e2adc169acbcade22"
@@ -323,42 +324,6 @@ class HfHubClient:
         return Path(path)
 
 
-@dataclass(frozen=True)
-class DownloadProgress:
-    component: str
-    filename: str  # relative to the component folder
-    index: int  # 0-based file number within the component
-    count: int
-    done: int  # bytes of this file so far
-    total: int | None
-
-
-ProgressFn = Callable[[DownloadProgress], None]
-
-
-def _progress_bar(progress: ProgressFn, component: str, filename: str, index: int, count: int) -> type:
-    """A tqdm-compatible class for `hf_hub_download(tqdm_class=...)` that reports to `progress`."""
-
-    class _Bar:
-        def __init__(self, *_: Any, total: int | None = None, initial: int = 0, **__: Any) -> None:
-            self.n, self.total = initial, total
-            self.update(0)
-
-        def update(self, n: int | float | None = 1) -> None:
-            self.n += n or 0
-            progress(DownloadProgress(component, filename, index, count, int(self.n), self.total))
-
-        def _ignore(self, *_: Any, **__: Any) -> None:  # network-byte counts, postfix text, redraws
-            pass
-
-        update_transfer = set_postfix_str = set_transfer_postfix_str = refresh = close = __exit__ = _ignore
-
-        def __enter__(self) -> _Bar:
-            return self
-
-    return _Bar
-
-
 def _mismatch(path: Path, what: str, expected: object, actual: object, hint: str = "") -> ChecksumMismatch:
     error = ChecksumMismatch(f"{path}: {what} mismatch: expected {expected}, got {actual}{hint}")
     error.path = path  # type: ignore[attr-defined]
@@ -465,33 +430,10 @@ def _usable(folder: Path, comp: Component, entry: Mapping[str, Any] | None, run:
     return True
 
 
-_TOLD: set[str] = set()
-
-
-def found_revision(folder: Path, comp: Component) -> str | None:
-    """The commit a hand-placed folder came from, when huggingface_hub's `local_dir` metadata
-    (`.cache/huggingface/download/<file>.metadata`, first line) is next to it; else None."""
-    folder = Path(folder)
-    repo_path = f"{comp.subfolder}/config.json" if comp.subfolder else "config.json"
-    base = folder.parent if comp.subfolder else folder
-    meta = base / ".cache" / "huggingface" / "download" / f"{repo_path}.metadata"
-    try:
-        first = meta.read_text(encoding="utf-8").splitlines()[0].strip()
-    except (OSError, IndexError, UnicodeDecodeError):
-        return None
-    return first if re.fullmatch(r"[0-9a-f]{40}", first) else None
-
-
 def _verify_existing(folder: Path, comp: Component, entry: Mapping[str, Any] | None, run: _Run) -> None:
     if entry is None:  # the user's own folder (another revision, a fine-tune): used as it is
         verify_folder(folder, comp, level="none")
-        if str(folder) not in _TOLD:
-            _TOLD.add(str(folder))
-            revision = found_revision(folder, comp)
-            at = f"revision {revision[:10]}" if revision else "unknown revision"
-            pinned = f", pinned {comp.revision[:10]}" if revision and comp.revision and revision != comp.revision else ""
-            status.info("using %s as it is (%s%s; not downloaded by songstep, so not checked against the "
-                        "pinned checksums; its shapes are checked when it loads)", folder, at, pinned)
+        preflight.tell_used_as_is(folder, comp.subfolder, comp.revision)
         return
     try:  # our own download: checked against the table and the lock
         verify_folder(folder, comp, level=run.verify, cache=run.cache, recorded=entry.get("files"))
@@ -579,8 +521,7 @@ def _fetch(comp: Component, remote: RemoteFile, commit: str, run: _Run, index: i
     target = run.root / comp.folder / name
     if target.is_file() and target.stat().st_size != remote.size:  # stale or truncated: fetch again
         _discard(target, run.cache, local_dir, remote.path)
-    # a reporting bar, or a silent one: never huggingface_hub's own bars in a library user's output
-    bar = _progress_bar(run.progress or (lambda _: None), comp.name, name, index, count)
+    bar = preflight.progress_bar(run.progress, comp.name, name, index, count)  # never huggingface_hub's bars
     path = run.hub.download(comp.repo_id, remote.path, commit, local_dir, progress_bar=bar)
     try:
         record = _verify_download(path, remote, comp.files.get(name), run.cache)
@@ -601,13 +542,7 @@ def _from_hub(comp: Component, run: _Run) -> Path:
     if run.offline or _env_offline():
         reason = "offline mode is on (offline=True or HF_HUB_OFFLINE=1)"
         raise DownloadError(_how_to_download(comp, run.root, reason))
-    try:
-        check_name_resolves(getattr(run.hub, "endpoint", None))
-    except DownloadError as e:
-        missing = [n for n in comp.required_files if not (folder / n).is_file()] if folder.is_dir() else []
-        if not missing:
-            raise
-        raise DownloadError(f"{folder} is incomplete (missing {', '.join(missing)}) and {e}") from None
+    preflight.check_name_resolves(getattr(run.hub, "endpoint", None), folder, comp.required_files)
     try:
         commit = _target_commit(comp, run)
         listing = _remote_files(comp, commit, run)
@@ -615,8 +550,7 @@ def _from_hub(comp: Component, run: _Run) -> Path:
         if not isinstance(e.__cause__, (*_transport_errors(), hf.LocalEntryNotFoundError)):
             raise
         raise DownloadError(_how_to_download(comp, run.root, f"the hub cannot be reached ({e})")) from e
-    status.info("downloading %s: %d files, %s from %s@%s into %s", comp.name, len(listing),
-                format_size(sum(f.size for f in listing)), comp.repo_id, commit[:10], folder)
+    preflight.tell_downloading(comp.name, len(listing), sum(f.size for f in listing), comp.repo_id, commit, folder)
     run.lock.mark(comp, commit)
     records = {_relative(comp, f.path): _fetch(comp, f, commit, run, i, len(listing))
                for i, f in enumerate(listing)}
@@ -654,98 +588,3 @@ def download(components: Iterable[str] = DEFAULT_COMPONENTS, root: str | Path = 
     hub = hub if hub is not None else HfHubClient()
     return {name: resolve(source, name, root=root, offline=offline, progress=progress, update=update,
                           verify=verify, hub=hub, table=table) for name in components}
-
-
-def format_size(size: int) -> str:
-    """Bytes as the status lines show them: GB above 0.1 GB, else MB."""
-    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
-
-
-_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-
-
-def check_name_resolves(endpoint: str | None) -> None:
-    """Fail at once when the hub's host name does not resolve (no network, a typo in HF_ENDPOINT):
-    huggingface_hub would retry each request five times with backoff first. Skipped behind a
-    proxy, which resolves names itself."""
-    import socket
-    from urllib.parse import urlsplit
-
-    if not endpoint or any(os.environ.get(v) for v in _PROXY_VARS):
-        return
-    parts = urlsplit(endpoint)
-    if not parts.hostname:
-        raise DownloadError(f"the hub endpoint {endpoint!r} is not a URL; fix HF_ENDPOINT (e.g. https://huggingface.co)")
-    try:
-        socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-    except (socket.gaierror, UnicodeError) as e:
-        raise DownloadError(
-            f"cannot resolve {parts.hostname} (the hub at {endpoint}: {e}): check the network, use --offline "
-            "with checkpoints already on disk, or set HF_ENDPOINT to a reachable mirror") from None
-
-
-@dataclass(frozen=True)
-class PlannedDownload:
-    """What `download()` would fetch for one component: files missing or stale under `root`."""
-
-    name: str
-    repo_id: str
-    commit: str
-    files: int
-    size: int  # bytes still to fetch
-
-
-def plan_downloads(components: Iterable[str], root: str | Path = "checkpoints", *, source: str = MAIN_REPO,
-                   update: bool = False, hub: HubClient | None = None,
-                   table: Mapping[str, Component] | None = None) -> list[PlannedDownload]:
-    """Ask the hub (repo info and file listing, no file bytes) what `download()` will fetch and how
-    big it is, so the size can be shown before the download starts. Complete folders are left out."""
-    table = table if table is not None else COMPONENTS
-    hub = hub if hub is not None else HfHubClient()
-    root = Path(root).expanduser()
-    check_name_resolves(getattr(hub, "endpoint", None))
-    run = _Run(root, hub, ShaCache(root / SHA_CACHE_NAME), LockFile(root / LOCK_NAME), False, update, "none", None)
-    planned = []
-    for name in components:
-        if name not in table:
-            raise ModelNotFound(f"unknown component {name!r}; known: {', '.join(table)}")
-        comp = _for_source(table[name], source, table)
-        folder = root / comp.folder
-        if not update and _usable(folder, comp, run.lock.components.get(comp.name), run):
-            continue
-        commit = _target_commit(comp, run)
-        todo = [f for f in _remote_files(comp, commit, run)
-                if not ((folder / _relative(comp, f.path)).is_file()
-                        and (folder / _relative(comp, f.path)).stat().st_size == f.size)]
-        planned.append(PlannedDownload(comp.name, comp.repo_id, commit, len(todo), sum(f.size for f in todo)))
-    return planned
-
-
-def folder_state(root: str | Path, comp: Component) -> dict[str, Any] | None:
-    """What `songstep info` says of `root/<folder>`: None when absent; else its folder and whether
-    songstep downloaded it (checked against the pinned checksums and the lock), it is the user's
-    own copy (used as it is, revision when known) or it is incomplete (which files are missing)."""
-    root = Path(root).expanduser()
-    folder = root / comp.folder
-    if not folder.is_dir():
-        return None
-    state: dict[str, Any] = {"folder": str(folder)}
-    missing = [name for name in comp.required_files if not (folder / name).is_file()]
-    if missing:
-        state["state"] = f"incomplete: missing {', '.join(missing)}"
-        return state
-    try:
-        entry = LockFile(root / LOCK_NAME).components.get(comp.name)
-    except DownloadError:
-        entry = None
-    if entry is not None and entry.get("status") == "complete":
-        state.update(state="downloaded (checked against the pinned checksums)", commit=entry.get("commit"))
-        return state
-    if entry is not None:
-        state["state"] = "partial download: run `songstep download` again"
-        return state
-    state["state"] = "local (used as is)"
-    revision = found_revision(folder, comp)
-    if revision:
-        state["revision"] = revision
-    return state

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from songstep.errors import DownloadError, InvalidRequest, ModelNotFound
-from songstep.loading import hub
+from songstep.loading import hub, inventory
 from songstep.loading.checkpoint import default_dtype, load_dit
+from songstep.loading.preflight import format_size
 from songstep.models.dit import DiTModel
 from songstep.models.text import TextEncoder
 from songstep.models.vae import VAE, load_silence_latent
@@ -110,7 +111,7 @@ def weights_size(folder: str | Path) -> int:
 
 def announce_load(what: str, folder: str | Path) -> None:
     """The status line before a component loads: what, its size and where from."""
-    status.info("loading %s (%s) from %s", what, hub.format_size(weights_size(folder)), folder)
+    status.info("loading %s (%s) from %s", what, format_size(weights_size(folder)), folder)
 
 
 LM_SIZES = ("0.6B", "1.7B", "4B")
@@ -177,7 +178,7 @@ def describe_model(model: str | Path, *, root: str | Path = "checkpoints", offli
             continue
         entry: dict = {"folder": str(folder)}
         if not local:  # the hub id's folder under root: our download, or the user's own copy
-            entry.update({k: v for k, v in (hub.folder_state(root, hub.COMPONENTS[name]) or {}).items() if k != "folder"})
+            entry.update({k: v for k, v in (inventory.folder_state(root, hub.COMPONENTS[name]) or {}).items() if k != "folder"})
         if name in VARIANTS:
             try:
                 entry["family"] = family(DiTConfig.from_file(folder / "config.json"))

@@ -307,3 +307,23 @@ def test_24_bit_round_trip_and_ogg_tags(tmp_path) -> None:
     ogg = OggVorbis(audio.save_audio(tmp_path / "a.ogg", wave, params={"bpm": 90.4, "keyscale": "A minor"}))
     assert ogg["BPM"] == ["90"] and ogg["KEY"] == ["Am"]
     assert [audio.daw_key(k) for k in ("C major", "f# minor", "Eb major", "H", None)] == ["C", "F#m", "Eb", None, None]
+
+
+def test_vae_reports_each_block_of_each_tile_and_the_result_is_unchanged(tiny_tree) -> None:
+    import torch
+
+    from songstep.models.vae import VAE
+
+    vae = VAE.from_pretrained(tiny_tree / "vae")
+    wave = torch.randn(1, 2, 48000 // 2, generator=torch.Generator().manual_seed(0)) * 0.1
+    seen: list[tuple[int, int]] = []
+    tiled = dict(chunk_seconds=0.2, overlap_seconds=0.04)
+    latents = vae.encode(wave, sample=False, progress=lambda d, t: seen.append((d, t)), **tiled)
+    blocks = len(vae.model.encoder.block)
+    total = seen[0][1]
+    assert total % blocks == 0 and total // blocks >= 3  # several tiles
+    assert [d for d, _ in seen] == list(range(total + 1))  # 0, then one step per block of each tile
+    assert torch.equal(latents, vae.encode(wave, sample=False, **tiled))
+    steps: list[int] = []
+    vae.decode(latents, chunk_frames=4, overlap_frames=1, progress=lambda d, t: steps.append(d))
+    assert steps == sorted(steps) and steps[-1] > len(vae.model.decoder.block)

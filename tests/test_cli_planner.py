@@ -69,7 +69,7 @@ def test_generate_with_thinking(tiny_tree, tmp_path, capsys):
     audio, sidecar = [p for p in out.split()]
     doc = json.loads(open(sidecar).read())
     codes = len(audio_code_ids(doc["params"]["audio_codes"]))
-    assert codes == 50 and doc["params"]["task"] == "cover" and doc["params"]["seed"] == 5
+    assert codes == 50 and doc["params"]["task"] == "text2music" and doc["params"]["runs_as"] == "cover" and doc["params"]["seed"] == 5
     assert sf.info(audio).frames == codes * 5 * HOP_LENGTH
     out = _run(capsys, "generate", *_lm(tiny_tree), "--caption", "lofi", "--duration", "10", "--bpm", "90",
                "--key", "C major", "--time-signature", "4", "--seed", "5", "--no-thinking", "--quiet",

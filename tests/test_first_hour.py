@@ -327,3 +327,23 @@ def test_vae_reports_each_block_of_each_tile_and_the_result_is_unchanged(tiny_tr
     steps: list[int] = []
     vae.decode(latents, chunk_frames=4, overlap_frames=1, progress=lambda d, t: steps.append(d))
     assert steps == sorted(steps) and steps[-1] > len(vae.model.decoder.block)
+
+
+# -- docs -----------------------------------------------------------------------------------------
+OTHER_TOOLS = {"--index-url", "--local-dir", "--include", "--revision", "--help"}  # pip's and hf's flags
+
+
+def test_user_guide_names_only_flags_that_exist() -> None:
+    from songstep.cli import build_parser
+
+    parser = build_parser()
+    known = set(parser._option_string_actions)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        known |= set(action._option_string_actions)
+    guide = (REPO_ROOT / "docs" / "USER_GUIDE.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", guide))
+    assert named and not (named - known - OTHER_TOOLS), named - known - OTHER_TOOLS
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert "docs/USER_GUIDE.md" in readme
+    for text in (readme, guide, (REPO_ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")):
+        assert "~50" not in text  # base and sft default to 32 steps

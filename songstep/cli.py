@@ -342,6 +342,9 @@ def _check_before_load(args: argparse.Namespace, request) -> str:
 
         raise InvalidRequest(f"--bit-depth {args.bit_depth} does not apply to --format {args.format} "
                              "(wav: 16, 24, 32; flac: 16, 24)")
+    if args.mp3_bitrate != 128 and args.format != "mp3":
+        logging.getLogger("songstep.cli").warning("--mp3-bitrate %dk is ignored: --format is %s", args.mp3_bitrate,
+                                                  args.format)
     if request.loudness is not None:
         audio.check_loudness_target(request.loudness)
     variant = args.variant or ("base" if get_task(request.task).needs_turbo_off else "turbo")
@@ -418,6 +421,9 @@ def _load_planner(args: argparse.Namespace, max_new_tokens: int | None = None):
 
         raise InvalidRequest("this command needs the planner LM; pass --lm 0.6B, 1.7B, 4B or an LM folder")
     cap = max_new_tokens if max_new_tokens is not None else getattr(args, "max_new_tokens", None)
+    from songstep.pipeline.components import announce_load
+
+    announce_load(f"planner LM {folder.name}", folder)
     return Planner.from_pretrained(folder, device=device, max_duration=tier.max_duration_lm, max_new_tokens=cap,
                                    backend=args.lm_backend)
 

@@ -236,6 +236,8 @@ def test_local_tree_at_another_revision_loads_as_it_is(tiny_tree, tmp_path, caps
 def test_plan_prints_the_duration_its_codes_imply(tiny_tree, capsys) -> None:
     argv = ["plan", "--model", str(tiny_tree), "--lm", "1.7B", "--device", "cpu", "--caption", "lofi",
             "--seed", "3", "--quiet"]
+    assert main([*argv[:-1]]) == 0  # not quiet: the LM's loading line names its size
+    assert re.search(r"loading planner LM acestep-5Hz-lm-1.7B \(\d+\.\d MB\)", capsys.readouterr().err)
     assert main(argv) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["code_count"] > 0
@@ -282,6 +284,15 @@ def test_bad_output_options_exit_2_before_loading(tmp_path, capsys, argv, messag
                  "--quiet", "--output-dir", str(tmp_path / "out"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and not (tmp_path / "out").exists()
+
+
+def test_mp3_bitrate_without_mp3_is_a_warning(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        code = main(["generate", "--model", str(tmp_path / "missing"), "--device", "cpu", "--duration", "10",
+                     "--quiet", "--mp3-bitrate", "320", "--output-dir", str(tmp_path / "out")])
+    assert code == 1  # the model is missing; the warning came before it was looked for
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "--mp3-bitrate 320k is ignored: --format is wav"]
 
 
 def test_bad_mp3_bitrate_is_a_usage_error(capsys) -> None:

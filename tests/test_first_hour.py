@@ -358,3 +358,48 @@ def test_user_guide_names_only_flags_that_exist() -> None:
     assert "docs/USER_GUIDE.md" in readme
     for text in (readme, guide, (REPO_ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")):
         assert "~50" not in text  # base and sft default to 32 steps
+
+
+# -- what the integrator built for this issue, checked as a new user meets it ---------------------
+def test_version_threads_and_info_model(tiny_tree, capsys) -> None:
+    import torch
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and re.fullmatch(r"songstep \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    before = torch.get_num_threads()
+    try:  # --threads applies before anything else runs, even when the request is then refused
+        assert main(["generate", "--threads", "2", "--duration", "5", "--quiet"]) == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    assert main(["info", "--model", str(tiny_tree), "--device", "cpu"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["device"] == "cpu" and info["model"]["kind"] == "local folder (used as it is)"
+    families = {k: v.get("family") for k, v in info["model"]["components"].items()}
+    assert families["turbo"] == "turbo" and families["base"] == "base"
+
+
+def test_diffusers_habits_and_per_take_params(tiny_tree) -> None:
+    import torch
+
+    from songstep.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_tree, device="cpu", torch_dtype=torch.float32, lm="none")
+    assert pipe.to("cpu") is pipe and pipe.device == torch.device("cpu") and pipe.dtype == torch.float32
+    result = pipe.generate("lofi", duration=10, seed=11, batch=2, num_inference_steps=1, output_type="np")
+    assert isinstance(result.audio, np.ndarray) and result.audio.shape[0] == 2
+    takes = [result.take(i) for i in range(2)]
+    assert [t.seed for t in takes] == [11, 12] == [t.params["seed"] for t in takes]
+    assert takes[1].params["batch_index"] == 1 and result.params["steps"] == 1
+
+
+def test_planner_code_cap_never_past_600_seconds(tiny_lm_dir) -> None:
+    from songstep.planner import Planner, PlanOptions
+
+    planner = Planner.from_pretrained(tiny_lm_dir, device="cpu")
+    for opts in (PlanOptions(), PlanOptions(max_duration=700.0)):
+        codes = planner.code_token_cap(None, opts) - 1  # the cap holds the codes plus the end token
+        assert codes / 5 <= 600
+    assert planner.code_token_cap(None, PlanOptions(max_duration=120.0)) - 1 == min(600, planner.max_model_len - 65)

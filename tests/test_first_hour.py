@@ -403,3 +403,18 @@ def test_planner_code_cap_never_past_600_seconds(tiny_lm_dir) -> None:
         codes = planner.code_token_cap(None, opts) - 1  # the cap holds the codes plus the end token
         assert codes / 5 <= 600
     assert planner.code_token_cap(None, PlanOptions(max_duration=120.0)) - 1 == min(600, planner.max_model_len - 65)
+
+
+def test_ignored_values_warned_and_stems_keep_their_level(tiny_tree, tmp_path, capsys, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert main(["generate", "--model", str(tiny_tree), *BASE, "--caption", "lofi", "--duration", "10", "--quiet",
+                     "--guidance", "7", "--lyrics", "la la", "--instrumental", "--output-dir", str(tmp_path / "a")]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("guidance 7 is ignored" in w for w in warned) and any("lyrics are ignored" in w for w in warned)
+    sidecar = json.loads(Path(capsys.readouterr().out.split()[1]).read_text())["params"]
+    assert sidecar["request"]["caption"] == "lofi" and sidecar["level"] == "-1 dBFS peak"
+    source = _wave(tmp_path / "mix.wav", 1.0)
+    assert main(["extract", "--model", str(tiny_tree), *BASE, "--source", str(source), "--track", "vocals", "--quiet",
+                 "--output-dir", str(tmp_path / "b")]) == 0
+    stem = json.loads(Path(capsys.readouterr().out.split()[1]).read_text())["params"]
+    assert stem["task"] == "extract" and stem["level"] == "as decoded"  # a stem keeps the mix's level

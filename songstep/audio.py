@@ -50,6 +50,9 @@ READABLE_EXTENSIONS = ("wav", "wave", "flac", "mp3", "ogg", "oga", "opus", "aif"
 MP3_BITRATES = (128, 192, 256, 320)
 """Constant bit rates (kb/s) offered for mp3, as upstream; 128 is upstream's default."""
 
+BIT_DEPTHS = {"wav": (16, 24, 32), "flac": (16, 24)}
+"""Sample formats per container: 16/24-bit PCM, 32 = 32-bit float (WAV only; FLAC has no float)."""
+
 SOFTWARE = "songstep"
 TITLE_MAX_CHARS = 100
 SILENCE_PEAK = 1e-6  # below this peak, peak normalisation is skipped (upstream)
@@ -340,24 +343,27 @@ def save_audio(
     *,
     params: Mapping[str, Any] | None = None,
     mp3_bitrate: int = 128,
+    bit_depth: int = 16,
 ) -> Path:
     """Write `wave` (`[channels, samples]`, 1 or 2 channels) atomically and return the path.
 
     `fmt` is one of `AUDIO_FORMATS`; by default it is taken from the path's suffix, and a given
-    `fmt` replaces a different suffix. wav and flac are 16-bit PCM (x·32768, rounded, clipped),
+    `fmt` replaces a different suffix. wav and flac are 16-bit PCM (x·32768, rounded, clipped)
+    or `bit_depth` 24 (PCM, rounded the same way) or 32 (float, wav only),
     mp3 is constant-bit-rate LAME (`mp3_bitrate` kb/s, one of `MP3_BITRATES`), ogg is Vorbis
     (libsndfile's default quality). Values are clamped to [-1, 1] first.
 
     `params` (the generation parameters: caption, lyrics, seed, model, steps, ...) are stored in
     the tags: `comment` = compact sorted-key JSON of `params`, `title` = the caption cut to 100
-    characters, software/encoder = "songstep". Use `read_tags` to get them back. Do not put
+    characters, software/encoder = "songstep", and the tempo and key where DAWs read them (ID3
+    `TBPM`/`TKEY`, Vorbis `BPM`/`KEY`; the key as "Am", "F#", "Bb"). Use `read_tags` to get them back. Do not put
     timings in `params` (they would make the bytes differ between runs); use `write_sidecar`.
 
     The file is written to a temporary file in the same directory, fsynced, then renamed over
     `path`, so an error or Ctrl-C never leaves a partial output (nor the temporary file).
     """
     fmt, target = _resolve_format(Path(path), fmt)
-    write = audio_writer(wave, sample_rate, fmt, params=params, mp3_bitrate=mp3_bitrate)
+    write = audio_writer(wave, sample_rate, fmt, params=params, mp3_bitrate=mp3_bitrate, bit_depth=bit_depth)
     _atomic_write(target, write)
     logger.debug("wrote %s (%d Hz, %s)", target, sample_rate, fmt)
     return target
@@ -370,6 +376,7 @@ def audio_writer(
     *,
     params: Mapping[str, Any] | None = None,
     mp3_bitrate: int = 128,
+    bit_depth: int = 16,
 ) -> Callable[[Path], None]:
     """Check and convert `wave` now; return `write(path)` that encodes it with its tags into an
     existing (empty) file, as `save_audio` does, but in place (the caller renames it)."""
@@ -377,12 +384,15 @@ def audio_writer(
         raise InvalidRequest(f"unsupported output format {fmt!r} (supported: {', '.join(AUDIO_FORMATS)})")
     if mp3_bitrate not in MP3_BITRATES:
         raise InvalidRequest(f"mp3_bitrate must be one of {MP3_BITRATES}, got {mp3_bitrate}")
+    if bit_depth != 16 and bit_depth not in BIT_DEPTHS.get(fmt, ()):
+        raise InvalidRequest(f"bit depth {bit_depth} is not available for {fmt}: "
+                             + ", ".join(f"{k} takes {'/'.join(map(str, v))}" for k, v in BIT_DEPTHS.items()))
     data = _to_interleaved(wave)
     comment = _params_json(params or {})
     tags = _tag_values(params or {}, comment)
 
     def write(tmp: Path) -> None:
-        _encode(tmp, data, sample_rate, fmt, mp3_bitrate)
+        _encode(tmp, data, sample_rate, fmt, mp3_bitrate, bit_depth)
         _write_tags(tmp, fmt, tags)
         if fmt == "ogg":
             _set_ogg_serial(tmp, zlib.crc32(comment.encode(), zlib.crc32(data.tobytes())))
@@ -464,11 +474,17 @@ def _to_interleaved(wave: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(data, -1.0, 1.0).T)
 
 
-def _encode(tmp: Path, data: np.ndarray, sample_rate: int, fmt: str, mp3_bitrate: int) -> None:
+def _encode(tmp: Path, data: np.ndarray, sample_rate: int, fmt: str, mp3_bitrate: int, bit_depth: int = 16) -> None:
     """Encode interleaved float32 `data` into `tmp` (no tags)."""
     container, subtype = _SUBTYPES[fmt]
     extra: dict[str, Any] = {}
-    if subtype == "PCM_16":
+    if subtype == "PCM_16" and bit_depth == 32:
+        subtype = "FLOAT"  # already clipped to [-1, 1]
+    elif subtype == "PCM_16" and bit_depth == 24:
+        # 24-bit values in the high bytes of int32 (libsndfile keeps the top 24 bits), own rounding
+        subtype, full = "PCM_24", 8388608.0
+        data = (np.clip(np.rint(data.astype(np.float64) * full), -full, full - 1).astype(np.int32) << 8)
+    elif subtype == "PCM_16":
         # Own rounding: libsndfile's float→int conversion without clipping wraps at +1.0.
         data = np.clip(np.rint(data * 32768.0), -32768, 32767).astype(np.int16)
     elif fmt == "mp3":
@@ -509,12 +525,29 @@ def _tag_values(params: Mapping[str, Any], comment: str) -> dict[str, str]:
     caption = params.get("caption")
     if isinstance(caption, str) and caption.strip():
         tags["title"] = caption.strip()[:TITLE_MAX_CHARS]
+    bpm = params.get("bpm")
+    if isinstance(bpm, int | float) and not isinstance(bpm, bool) and bpm > 0:
+        tags["bpm"] = str(round(bpm))
+    key = daw_key(params.get("keyscale"))
+    if key:
+        tags["key"] = key
     return tags
+
+
+def daw_key(keyscale: Any) -> str | None:
+    """"A minor" → "Am", "F# major" → "F#" (the ID3 TKEY / Vorbis KEY notation); None if unknown."""
+    if not isinstance(keyscale, str) or not keyscale.strip():
+        return None
+    parts = keyscale.split()
+    if len(parts) != 2 or parts[1].lower() not in ("major", "minor"):
+        return None
+    note = parts[0][:1].upper() + parts[0][1:].replace("♯", "#").replace("♭", "b")
+    return note + ("m" if parts[1].lower() == "minor" else "")
 
 
 def _write_tags(tmp: Path, fmt: str, tags: Mapping[str, str]) -> None:
     """Add the tags to an encoded file with mutagen: ID3v2.4 (UTF-8) for mp3 and wav (an
-    `id3 ` chunk), Vorbis comments (TITLE, COMMENT, ENCODER) for flac and ogg."""
+    `id3 ` chunk), Vorbis comments (TITLE, COMMENT, ENCODER, BPM, KEY) for flac and ogg."""
     from mutagen import flac, mp3, oggvorbis, wave
 
     opener = {"wav": wave.WAVE, "flac": flac.FLAC, "mp3": mp3.MP3, "ogg": oggvorbis.OggVorbis}[fmt]
@@ -529,7 +562,8 @@ def _write_tags(tmp: Path, fmt: str, tags: Mapping[str, str]) -> None:
     if audio.tags is None:
         audio.add_tags()
     audio.tags.clear()
-    for key, vorbis_key in (("title", "TITLE"), ("comment", "COMMENT"), ("software", "ENCODER")):
+    for key, vorbis_key in (("title", "TITLE"), ("comment", "COMMENT"), ("software", "ENCODER"),
+                            ("bpm", "BPM"), ("key", "KEY")):
         if key in tags:
             audio.tags[vorbis_key] = [tags[key]]
     audio.save()
@@ -546,6 +580,10 @@ def _set_id3(audio: Any, tags: Mapping[str, str]) -> None:
         audio.tags.add(id3.TIT2(encoding=utf8, text=[tags["title"]]))
     audio.tags.add(id3.COMM(encoding=utf8, lang="eng", desc="", text=[tags["comment"]]))
     audio.tags.add(id3.TSSE(encoding=utf8, text=[tags["software"]]))
+    if "bpm" in tags:
+        audio.tags.add(id3.TBPM(encoding=utf8, text=[tags["bpm"]]))
+    if "key" in tags:
+        audio.tags.add(id3.TKEY(encoding=utf8, text=[tags["key"]]))
 
 
 def _comments(tags: Any) -> list[str]:

@@ -68,6 +68,19 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--output-dir", type=Path, default=Path("outputs"), help="(default: %(default)s)")
     o.add_argument("--name", default=None, help="file name stem (default: task-seed-hash; never overwrites)")
     o.add_argument("--overwrite", action="store_true", help="replace files of the same --name")
+    o.add_argument("--bit-depth", type=int, default=None, choices=(16, 24, 32),
+                   help="wav: 16/24-bit PCM or 32-bit float; flac: 16/24 (default: 16)")
+    o.add_argument("--mp3-bitrate", type=_bitrate, default=128, metavar="{128k,192k,256k,320k}",
+                   help="constant mp3 bit rate (default: 128k)")
+
+
+def _bitrate(text: str) -> int:
+    from songstep.audio import MP3_BITRATES
+
+    value = text.strip().lower().removesuffix("k").removesuffix("kbps").removesuffix("kb/s")
+    if not value.isdigit() or int(value) not in MP3_BITRATES:
+        raise argparse.ArgumentTypeError(f"choose one of {', '.join(f'{b}k' for b in MP3_BITRATES)}")
+    return int(value)
 
 
 # command → (task row name, help)
@@ -235,7 +248,7 @@ def _progress_bar(quiet: bool):
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False, mininterval=0)
-        bar.n = done
+        bar.total, bar.n = total, done
         bar.refresh()
 
     def close() -> None:
@@ -246,9 +259,47 @@ def _progress_bar(quiet: bool):
 
 
 def status(args: argparse.Namespace, message: str) -> None:
-    """One status line per stage on stderr (not with --quiet)."""
-    if not getattr(args, "quiet", False):
-        print(message, file=sys.stderr, flush=True)
+    """One status line per stage on stderr (not with --quiet); the library's own stages come
+    through the `songstep.status` logger (see `_show_status`)."""
+    logging.getLogger("songstep.status").info(message)
+
+
+class _StderrLines(logging.Handler):
+    """Bare message lines on the current sys.stderr (status lines)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _show_status(quiet: bool) -> None:
+    """The library logs one INFO line per stage to `songstep.status` (downloading, loading each
+    component, device/dtype/tier); the command shows them as plain lines unless --quiet."""
+    lg = logging.getLogger("songstep.status")
+    for h in [h for h in lg.handlers if isinstance(h, _StderrLines)]:
+        lg.removeHandler(h)
+    lg.propagate = False
+    lg.setLevel(logging.WARNING if quiet else logging.INFO)
+    lg.addHandler(_StderrLines())
+
+
+_LONG_COMMANDS = (*COMMANDS, "plan", "create-sample", "understand")
+
+
+def _first_status(argv: list[str]) -> None:
+    """The first status line, printed before torch is imported (seconds on a busy machine)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in _LONG_COMMANDS and not {"-h", "--help", "--version", "--quiet"} & set(argv):
+        print(f"songstep {command}: checking the request …", file=sys.stderr, flush=True)
+
+
+def _one_line_per_warning() -> None:
+    """huggingface_hub has its own stderr handler and also propagates to the root one, so each of
+    its warnings would print twice: keep only the root handler."""
+    import huggingface_hub.utils.logging  # noqa: F401 - configures the "huggingface_hub" logger
+
+    hf_logger = logging.getLogger("huggingface_hub")
+    for h in [h for h in hf_logger.handlers if type(h) is logging.StreamHandler]:
+        hf_logger.removeHandler(h)
 
 
 def _stem(params: dict[str, Any], seed: int) -> str:
@@ -295,6 +346,14 @@ def _check_before_load(args: argparse.Namespace, request) -> str:
     from songstep.tasks import get_task
 
     _device(args)
+    if args.bit_depth not in (None, 16) and args.bit_depth not in audio.BIT_DEPTHS.get(args.format, ()):
+        from songstep.errors import InvalidRequest
+
+        raise InvalidRequest(f"--bit-depth {args.bit_depth} does not apply to --format {args.format} "
+                             "(wav: 16, 24, 32; flac: 16, 24)")
+    if args.mp3_bitrate != 128 and args.format != "mp3":
+        logging.getLogger("songstep.cli").warning("--mp3-bitrate %dk is ignored: --format is %s", args.mp3_bitrate,
+                                                  args.format)
     if request.loudness is not None:
         audio.check_loudness_target(request.loudness)
     variant = args.variant or ("base" if get_task(request.task).needs_turbo_off else "turbo")
@@ -310,7 +369,6 @@ def run_task(args: argparse.Namespace) -> int:
     request = build_request(args)
     variant = _check_before_load(args, request)
     model = args.model or DEFAULT_MODEL
-    status(args, f"loading {variant} from {model} on {_device(args)} …")
     pipe = Pipeline.from_pretrained(model, variant=variant, device=_device(args), dtype=_dtype(args), offload=args.offload,
                                     root=args.root, offline=args.offline, lm=_lm_choice(args, request),
                                     lm_backend=getattr(args, "lm_backend", "transformers"),
@@ -327,7 +385,8 @@ def run_task(args: argparse.Namespace) -> int:
         result = pipe.run(request, progress=progress)
     finally:
         close()
-    writer = TakeWriter(args.output_dir, args.format, overwrite=args.overwrite, announce=lambda path: print(path, flush=True))
+    writer = TakeWriter(args.output_dir, args.format, overwrite=args.overwrite, announce=lambda path: print(path, flush=True),
+                        bit_depth=args.bit_depth or 16, mp3_bitrate=args.mp3_bitrate)
     only = getattr(args, "take_index", None)
     for take in result.takes():
         i = take.params["batch_index"]
@@ -355,6 +414,9 @@ def _load_planner(args: argparse.Namespace, max_new_tokens: int | None = None):
 
         raise InvalidRequest("this command needs the planner LM; pass --lm 0.6B, 1.7B, 4B or an LM folder")
     cap = max_new_tokens if max_new_tokens is not None else getattr(args, "max_new_tokens", None)
+    from songstep.pipeline.components import announce_load
+
+    announce_load(f"planner LM {folder.name}", folder)
     return Planner.from_pretrained(folder, device=device, max_duration=tier.max_duration_lm, max_new_tokens=cap,
                                    backend=args.lm_backend)
 
@@ -416,13 +478,25 @@ def _lm_choice_for_tool(args: argparse.Namespace) -> str:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from songstep.loading import hub
+    from songstep.loading import hub, inventory
+    from songstep.loading.preflight import format_size
 
     if args.list:
+        locked = hub.LockFile(Path(args.root) / hub.LOCK_NAME).repos
         for comp in hub.list_components():
-            print(f"{comp.name:18} {comp.repo_id}/{comp.subfolder or ''}  {comp.role}")
+            revision = comp.revision or locked.get(comp.repo_id)
+            pin = f"@{revision[:10]}" if revision else "@main (locked on first download)"
+            pin += "" if comp.revision or not revision else " (locked)"
+            where = comp.repo_id + (f"/{comp.subfolder}" if comp.subfolder else "")
+            print(f"{comp.name:18} {where}{pin}  {comp.role}")
         return 0
     names = args.components or list(hub.DEFAULT_COMPONENTS)
+    planned = inventory.plan_downloads(names, args.root, update=args.update)  # sizes first, before any byte
+    for item in planned:
+        status(args, f"will download {item.name}: {item.files} files, {format_size(item.size)} "
+                     f"({item.repo_id}@{item.commit[:10]})")
+    if planned:
+        status(args, f"total: {format_size(sum(i.size for i in planned))} into {args.root}")
     for name, folder in hub.download(names, args.root, update=args.update).items():
         print(f"{name}: {folder}")
     return 0
@@ -432,10 +506,11 @@ def run_info(args: argparse.Namespace) -> int:
     import torch
 
     from songstep import __version__
-    from songstep.loading import hub
+    from songstep.loading import hub, inventory
     from songstep.pipeline.tiers import detect_tier
 
     root = Path(args.root)
+    logging.getLogger("songstep.status").setLevel(logging.WARNING)  # the JSON says it all
     device = _device(args).type
     info: dict[str, Any] = {"songstep": __version__, "torch": torch.__version__, "device": device}
     if device == "cuda":
@@ -447,11 +522,9 @@ def run_info(args: argparse.Namespace) -> int:
     from songstep.models.precision import describe
 
     info["precision"] = describe(device)
-    installed = {}
-    for comp in hub.list_components():
-        folder = root / comp.folder
-        installed[comp.name] = str(folder) if folder.is_dir() else None
-    info["checkpoints"] = {"root": str(root), "installed": installed}
+    found = {comp.name: inventory.folder_state(root, comp) for comp in hub.list_components()}
+    info["checkpoints"] = {"root": str(root), "components": {k: v for k, v in found.items() if v is not None},
+                           "absent": [k for k, v in found.items() if v is None]}
     if args.model:
         from songstep.pipeline.components import describe_model
 
@@ -477,8 +550,12 @@ def _quiet_libraries(verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _first_status(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    _show_status(args.quiet)
+    _one_line_per_warning()
     _quiet_libraries(args.verbose)
     from songstep.cli_support import one_line, unexpected_error
     from songstep.errors import InvalidAudio, InvalidRequest, SongstepError

@@ -196,8 +196,11 @@ class TakeWriter:
         *,
         overwrite: bool = False,
         announce: Callable[[Path], None] | None = None,
+        mp3_bitrate: int = 128,
+        bit_depth: int = 16,
     ) -> None:
         self.folder = Path(folder)
+        self.encoding = {"mp3_bitrate": mp3_bitrate, "bit_depth": bit_depth}
         self.fmt = fmt
         self.overwrite = overwrite
         self.announce = announce or (lambda path: None)
@@ -216,7 +219,7 @@ class TakeWriter:
     ) -> tuple[Path, Path]:
         """Write one take; return (audio path, sidecar path) as finally named."""
         check_name(stem, "take name")
-        write_audio = audio_writer(wave, sample_rate, self.fmt, params=params)
+        write_audio = audio_writer(wave, sample_rate, self.fmt, params=params, **self.encoding)
         text = sidecar_text(params, timings)
         made: list[Path] = []  # every file this call created and must remove on failure
         try:

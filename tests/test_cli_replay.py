@@ -55,7 +55,7 @@ def test_bad_values_reported_together_before_loading(tmp_path, capsys, monkeypat
 
     monkeypatch.setattr(pipeline.Pipeline, "from_pretrained", boom)
     code = main(["generate", "--model", str(tmp_path / "missing"), "--caption", "lofi", "--duration", "5",
-                 "--bpm", "999", "--key", "H", "--output-dir", str(tmp_path / "out")])
+                 "--bpm", "999", "--key", "H", "--output-dir", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 3
     assert err[0].startswith("error: duration must be between 10 and 600") and "bpm" in err[1] and "keyscale" in err[2]

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -27,7 +27,9 @@ from huggingface_hub import errors as hf
 from huggingface_hub.hf_api import RepoFile
 
 from songstep.errors import ChecksumMismatch, DownloadError, ModelNotFound
+from songstep.loading import preflight
 from songstep.loading.network import hub_errors, install_timeouts, transport_errors
+from songstep.loading.preflight import DownloadProgress, ProgressFn
 from songstep.models.folders import PICKLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -108,9 +110,9 @@ def _build_table() -> Mapping[str, Component]:
              _dit("ce57ceb4a82890c87d3d6071c70b2392db91f6c7dcf3f96b32ec7205f0d40457")),
         _row("turbo-continuous", "acestep-v15-turbo-continuous", "2B DiT, turbo, shift 1-5",
              _dit("cffa3e3a44d29cfc686b35d45aab3e4f9dc72c959e5e741d92a1dfc14ac35cd0")),
-        _row("base", "acestep-v15-base", "2B DiT base, CFG, ~50 steps",
+        _row("base", "acestep-v15-base", "2B DiT base, CFG, 32 steps",
              _dit("4177f600501a6d4bd81cadaa0abac557ffd15c54e5c8cb52053cdb24a0844d6b", _DIT_2B_BYTES, 1940)),
-        _row("sft", "acestep-v15-sft", "2B DiT SFT, CFG, ~50 steps",
+        _row("sft", "acestep-v15-sft", "2B DiT SFT, CFG, 32 steps",
              _dit("d4dd3a93870f06720027965b90771f529ab02094b3d29e2518f1d5e097e1af7e")),
         _row("xl-turbo", "acestep-v15-xl-turbo", "4B DiT, distilled", _dit_xl(_XL_TURBO_SHARDS, 2407)),
         _row("xl-base", "acestep-v15-xl-base", "4B DiT base", _dit_xl()),
@@ -291,42 +293,6 @@ class HfHubClient:
         return Path(path)
 
 
-@dataclass(frozen=True)
-class DownloadProgress:
-    component: str
-    filename: str  # relative to the component folder
-    index: int  # 0-based file number within the component
-    count: int
-    done: int  # bytes of this file so far
-    total: int | None
-
-
-ProgressFn = Callable[[DownloadProgress], None]
-
-
-def _progress_bar(progress: ProgressFn, component: str, filename: str, index: int, count: int) -> type:
-    """A tqdm-compatible class for `hf_hub_download(tqdm_class=...)` that reports to `progress`."""
-
-    class _Bar:
-        def __init__(self, *_: Any, total: int | None = None, initial: int = 0, **__: Any) -> None:
-            self.n, self.total = initial, total
-            self.update(0)
-
-        def update(self, n: int | float | None = 1) -> None:
-            self.n += n or 0
-            progress(DownloadProgress(component, filename, index, count, int(self.n), self.total))
-
-        def _ignore(self, *_: Any, **__: Any) -> None:  # network-byte counts, postfix text, redraws
-            pass
-
-        update_transfer = set_postfix_str = set_transfer_postfix_str = refresh = close = __exit__ = _ignore
-
-        def __enter__(self) -> _Bar:
-            return self
-
-    return _Bar
-
-
 def _mismatch(path: Path, what: str, expected: object, actual: object, hint: str = "") -> ChecksumMismatch:
     error = ChecksumMismatch(f"{path}: {what} mismatch: expected {expected}, got {actual}{hint}")
     error.path = path  # type: ignore[attr-defined]
@@ -434,12 +400,13 @@ def _usable(folder: Path, comp: Component, entry: Mapping[str, Any] | None, run:
 
 
 def _verify_existing(folder: Path, comp: Component, entry: Mapping[str, Any] | None, run: _Run) -> None:
-    recorded = (entry or {}).get("files")
-    try:
-        verify_folder(folder, comp, level=run.verify, cache=run.cache, recorded=recorded)
+    if entry is None:  # the user's own folder (another revision, a fine-tune): used as it is
+        verify_folder(folder, comp, level="none")
+        preflight.tell_used_as_is(folder, comp.subfolder, comp.revision)
+        return
+    try:  # our own download: checked against the table and the lock
+        verify_folder(folder, comp, level=run.verify, cache=run.cache, recorded=entry.get("files"))
     except ChecksumMismatch as e:
-        if entry is None:  # not ours: never delete a user's files
-            raise
         _discard(e.path, run.cache)  # type: ignore[attr-defined]
         run.lock.invalidate(comp.name)
         raise ChecksumMismatch(f"{e}; removed it, run again to download it") from e
@@ -524,7 +491,7 @@ def _fetch(comp: Component, remote: RemoteFile, commit: str, run: _Run, index: i
     target = run.root / comp.folder / name
     if target.is_file() and target.stat().st_size != remote.size:  # stale or truncated: fetch again
         _discard(target, run.cache, local_dir, remote.path)
-    bar = _progress_bar(run.progress, comp.name, name, index, count) if run.progress else None
+    bar = preflight.progress_bar(run.progress, comp.name, name, index, count)  # never huggingface_hub's bars
     path = run.hub.download(comp.repo_id, remote.path, commit, local_dir, progress_bar=bar)
     try:
         record = _verify_download(path, remote, comp.files.get(name), run.cache)
@@ -545,6 +512,7 @@ def _from_hub(comp: Component, run: _Run) -> Path:
     if run.offline or _env_offline():
         reason = "offline mode is on (offline=True or HF_HUB_OFFLINE=1)"
         raise DownloadError(_how_to_download(comp, run.root, reason))
+    preflight.check_name_resolves(getattr(run.hub, "endpoint", None), folder, comp.required_files)
     try:
         commit = _target_commit(comp, run)
         listing = _remote_files(comp, commit, run)
@@ -552,7 +520,7 @@ def _from_hub(comp: Component, run: _Run) -> Path:
         if not isinstance(e.__cause__, (*transport_errors(), hf.LocalEntryNotFoundError)):
             raise
         raise DownloadError(_how_to_download(comp, run.root, f"the hub cannot be reached ({e})")) from e
-    logger.info("%s: downloading %d files of %s@%s into %s", comp.name, len(listing), comp.repo_id, commit, folder)
+    preflight.tell_downloading(comp.name, len(listing), sum(f.size for f in listing), comp.repo_id, commit, folder)
     run.lock.mark(comp, commit)
     records = {_relative(comp, f.path): _fetch(comp, f, commit, run, i, len(listing))
                for i, f in enumerate(listing)}

@@ -32,10 +32,11 @@ peak 2.9 GiB; decode 1.8 s, peak 2.2 GiB.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,37 @@ MPS_DECODE_CHUNK_FRAMES = 32
 MPS_DECODE_OVERLAP_FRAMES = 8
 
 Generators = torch.Generator | list[torch.Generator] | None
+TileProgress = Callable[[int, int], None]  # (done, total): per block of each tile
+
+
+class _BlockProgress:
+    """Reports `progress(done, total)` as each encoder/decoder block of each tile finishes (forward
+    hooks), so a bar moves during a long single tile too; `total` = tiles * blocks."""
+
+    def __init__(self, blocks: torch.nn.ModuleList, tiles: int, progress: TileProgress | None) -> None:
+        self.blocks, self.tiles, self.progress, self.tile = blocks, tiles, progress, 0
+
+    def start(self, tile: int) -> None:
+        self.tile = tile
+
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator[_BlockProgress]:
+        if self.progress is None:
+            yield self
+            return
+        n = len(self.blocks)
+        total = max(1, self.tiles * n)
+
+        def hook(index: int):
+            return lambda *_: self.progress(min(total, self.tile * n + index + 1), total)
+
+        handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(self.blocks)]
+        self.progress(0, total)
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
 
 
 @dataclass(frozen=True)
@@ -142,9 +174,9 @@ class VAE:
         dtype: torch.dtype = torch.float32,
     ) -> VAE:
         """Load the diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors)."""
-        from diffusers import AutoencoderOobleck
-
         with component_folder(path, "VAE") as path:
+            from diffusers import AutoencoderOobleck  # imported quietly (its import-time notices)
+
             model, info = AutoencoderOobleck.from_pretrained(
                 path, use_safetensors=True, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False, ignore_mismatched_sizes=True,
                 output_loading_info=True,
@@ -188,13 +220,15 @@ class VAE:
         sample: bool = True,
         chunk_seconds: float | None = None,
         overlap_seconds: float = ENCODE_OVERLAP_SECONDS,
+        progress: TileProgress | None = None,
     ) -> torch.Tensor:
         """Waveform [B, 2, S] -> latents [B, S // 1920, 64] float32 on the VAE device.
 
         `sample=True` (upstream) draws from the posterior with `generator` (a generator, or a
         list of one per item; None = torch's default RNG, not reproducible); `sample=False`
         returns the posterior mean. `chunk_seconds=None` picks the device default. The wave may
-        live on any device; tiles are moved to the VAE one at a time.
+        live on any device; tiles are moved to the VAE one at a time. `progress(done, total)` is
+        called as each encoder block of each tile finishes.
         """
         self._check_wave(wave)
         batch, _, num_samples = wave.shape
@@ -204,8 +238,11 @@ class VAE:
         shape = (batch, self.latent_channels, frames)
         noise = self._draw_noise(shape, generator) if sample else None
         out = torch.empty(shape, dtype=torch.float32, device=self.device)
-        with torch.no_grad():
-            for tile, f0, f1, offset in self._encode_tiles(num_samples, chunk, overlap):
+        tiles = list(self._encode_tiles(num_samples, chunk, overlap))
+        report = _BlockProgress(self.model.encoder.block, len(tiles), progress)
+        with torch.no_grad(), report.hooked():
+            for k, (tile, f0, f1, offset) in enumerate(tiles):
+                report.start(k)
                 window = wave[:, :, tile.win_start : tile.win_end]
                 dist = self.model.encode(window.to(device=self.device, dtype=self.dtype)).latent_dist
                 latent = dist.mean[:, :, offset : offset + f1 - f0].float()
@@ -255,11 +292,13 @@ class VAE:
         chunk_frames: int | None = None,
         overlap_frames: int | None = None,
         output_device: torch.device | str | None = None,
+        progress: TileProgress | None = None,
     ) -> torch.Tensor:
         """Latents [B, T, 64] -> waveform [B, 2, T * 1920] float32 (no clipping or normalisation).
 
         Tiled as upstream when T > `chunk_frames` (default 512, overlap 64; MPS 32/8). The output
-        is preallocated on `output_device` (default: the VAE device).
+        is preallocated on `output_device` (default: the VAE device). `progress(done, total)` is
+        called as each decoder block of each tile finishes.
         """
         self._check_latents(latents)
         batch, frames, _ = latents.shape
@@ -270,8 +309,11 @@ class VAE:
         target = torch.device(output_device) if output_device is not None else self.device
         out = torch.empty((batch, self.audio_channels, frames * hop), dtype=torch.float32, device=target)
         z = latents.transpose(1, 2)
-        with torch.no_grad():
-            for tile in plan_tiles(frames, chunk, overlap):
+        tiles = plan_tiles(frames, chunk, overlap)
+        report = _BlockProgress(self.model.decoder.block, len(tiles), progress)
+        with torch.no_grad(), report.hooked():
+            for k, tile in enumerate(tiles):
+                report.start(k)
                 window = z[:, :, tile.win_start : tile.win_end].to(device=self.device, dtype=self.dtype)
                 audio = self.model.decode(window).sample
                 if audio.shape[-1] != window.shape[-1] * hop:

@@ -21,13 +21,15 @@ import torch
 
 from songstep.config import DiTConfig
 from songstep.errors import CheckpointError, DownloadError, InvalidRequest, ModelNotFound
-from songstep.loading import diffusers_map, hub
+from songstep.loading import diffusers_map, hub, inventory
 from songstep.loading.checkpoint import default_dtype, load_dit
+from songstep.loading.preflight import format_size
 from songstep.models.dit import DiTModel
 from songstep.models.text import TextEncoder
 from songstep.models.vae import VAE, load_silence_latent
 
 log = logging.getLogger(__name__)
+status = logging.getLogger("songstep.status")  # one line per stage; the CLI shows these on stderr
 
 VARIANTS = ("turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
 SILENCE_FILE = "silence_latent.pt"
@@ -104,9 +106,12 @@ def load_components(
     else:
         folders = {name: resolve_folder(model, name, root, offline) for name in (variant, "vae", "text-encoder")}
         silence = load_silence_latent(folders[variant] / SILENCE_FILE)[0]
+    announce_load(f"{variant} DiT", folders[variant])
     dit = load_dit(folders[variant], device=park, dtype=dtype)
     silence = silence.to(device=device, dtype=dtype)
+    announce_load("VAE", folders["vae"])
     vae = VAE.from_pretrained(folders["vae"], device=park, dtype=dtype)
+    announce_load("text encoder", folders["text-encoder"])
     text = TextEncoder.from_pretrained(folders["text-encoder"], device=park, dtype=dtype,
                                        tokenizer_path=folders.get("tokenizer"))
     if text.hidden_size != dit.config.text_hidden_dim:
@@ -199,9 +204,11 @@ def diffusers_folders(model: str | Path | None) -> DiffusersFolders | None:
     return DiffusersFolders(local, config)
 
 
-def describe_model(model: str | Path, *, root: str | Path = "checkpoints") -> dict[str, object]:
-    """What `songstep info --model` shows: the layout, the DiT variants found and their folders,
-    and the other components' folders. Reads configs only (no weights, no download)."""
+def describe_model(model: str | Path, *, root: str | Path = "checkpoints", offline: bool = True) -> dict[str, object]:
+    """What `songstep info --model` shows: the layout, the DiT variants found and their folders, the
+    other components' folders, and for the official layout each component's state (local folder used
+    as it is, or a checked download), family and weights digest. Reads configs and safetensors
+    headers only (no weights, no download)."""
     layout = diffusers_folders(model)
     if layout is not None:
         cfg = layout.config
@@ -209,9 +216,10 @@ def describe_model(model: str | Path, *, root: str | Path = "checkpoints") -> di
                "timbre_fix_frame": cfg.timbre_fix_frame}
         return {"model": str(model), "layout": "diffusers", "variants": {layout.variant: str(layout.root)},
                 "dit": dit, "folders": {k: str(v) for k, v in layout.folders.items() if k != layout.variant}}
+    out = _components(model, root=root, offline=offline)
     local = Path(str(model)).expanduser()
     if not local.is_dir():
-        return {"model": str(model), "layout": "hub", "root": str(root)}
+        return {**out, "layout": "hub", "root": str(root)}
     found = {}
     for name in (*VARIANTS, "vae", "text-encoder", *(f"lm-{s}" for s in LM_SIZES)):
         try:
@@ -219,8 +227,7 @@ def describe_model(model: str | Path, *, root: str | Path = "checkpoints") -> di
         except ModelNotFound:
             continue
     variants = {k: v for k, v in found.items() if k in VARIANTS}
-    return {"model": str(model), "layout": "official", "checked": "local folder: used as it is (checksums guard downloads)",
-            "variants": variants, "digests": {k: weights_digest(v) for k, v in variants.items()},
+    return {**out, "layout": "official", "variants": variants,
             "folders": {k: v for k, v in found.items() if k not in VARIANTS}}
 
 
@@ -234,6 +241,17 @@ def optimize_dit(dit: DiTModel, *, compile: bool | str = False, quantize: str | 
 
         backend, mode = parse_compile(compile)
         compile_decoder(dit.decoder, backend, mode=mode)
+
+
+def weights_size(folder: str | Path) -> int:
+    """Bytes of a component folder's weight files (what loading it reads)."""
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin", "*.pt")
+               for f in Path(folder).glob(pattern) if f.is_file())
+
+
+def announce_load(what: str, folder: str | Path) -> None:
+    """The status line before a component loads: what, its size and where from."""
+    status.info("loading %s (%s) from %s", what, format_size(weights_size(folder)), folder)
 
 
 LM_SIZES = ("0.6B", "1.7B", "4B")
@@ -281,3 +299,32 @@ def weights_digest(folder: str | Path) -> str:
         h.update(path.name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0" + header)
     return h.hexdigest()[:16]
 
+
+
+
+def _components(model: str | Path, *, root: str | Path = "checkpoints", offline: bool = True) -> dict:
+    """Each component's folder (or why it is missing), whether it is a local folder (used as it is)
+    or a hub download (checked against pinned checksums), and the DiT variants with their family."""
+    from songstep.config import DiTConfig, family
+
+    local = Path(str(model)).expanduser().is_dir()
+    out: dict = {"model": str(model), "kind": "local folder (used as it is)" if local else "hub repo (pinned, checksummed)",
+                 "components": {}}
+    for name in (*VARIANTS, "vae", "text-encoder", *(f"lm-{s}" for s in LM_SIZES)):
+        try:
+            folder = resolve_folder(model, name, root, offline=True if local else offline)
+        except (ModelNotFound, DownloadError) as exc:
+            if name in ("vae", "text-encoder", "turbo"):
+                out["components"][name] = {"missing": str(exc).splitlines()[0]}
+            continue
+        entry: dict = {"folder": str(folder)}
+        if not local:  # the hub id's folder under root: our download, or the user's own copy
+            entry.update({k: v for k, v in (inventory.folder_state(root, hub.COMPONENTS[name]) or {}).items() if k != "folder"})
+        if name in VARIANTS:
+            try:
+                entry["family"] = family(DiTConfig.from_file(folder / "config.json"))
+                entry["digest"] = weights_digest(folder)
+            except Exception as exc:  # noqa: BLE001 - reported, not raised: info describes what it finds
+                entry["error"] = str(exc).splitlines()[0]
+        out["components"][name] = entry
+    return out

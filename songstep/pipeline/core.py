@@ -25,10 +25,17 @@ import torch
 
 from songstep.constants import AUDIO_CODE_TOKEN, HOP_LENGTH, SAMPLE_RATE
 from songstep.errors import InvalidRequest
+from songstep.loading.checkpoint import default_dtype
 from songstep.lora import LoraMixin
 from songstep.pipeline import memory, planning
 from songstep.pipeline.autogen import AutoGen
-from songstep.pipeline.components import Components, load_components, resolve_lm, weights_digest
+from songstep.pipeline.components import (
+    Components,
+    announce_load,
+    load_components,
+    resolve_lm,
+    weights_digest,
+)
 from songstep.pipeline.inputs import Prepared, generators, load_wave, prepare
 from songstep.pipeline.plan import ExecutionPlan, resolve
 from songstep.pipeline.tiers import Tier, detect_tier
@@ -40,6 +47,7 @@ from songstep.sampling.dit import generate_latents
 from songstep.sampling.noise import NoiseStream, draw_noise, mix_retake
 
 log = logging.getLogger(__name__)
+status = logging.getLogger("songstep.status")  # one line per stage; the CLI shows these on stderr
 
 Progress = StageProgress  # (stage, done, total): the planner reports through the same callback
 CALL_KEYS = ("generator", "progress", "plan_options", "output_type")
@@ -127,6 +135,8 @@ class Pipeline(LoraMixin):
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tier = tier or detect_tier(dev)
         offload = tier.offload if offload is None else offload
+        status.info("device %s, %s, %s tier%s", dev, str(dtype or default_dtype(dev)).removeprefix("torch."),
+                    tier.name, ", offloading idle parts to the CPU" if offload else "")
         components = load_components(
             model, variant=variant, device=dev, dtype=dtype, offload=offload, root=root, offline=offline,
             compile=compile, quantize=quantize,
@@ -134,6 +144,7 @@ class Pipeline(LoraMixin):
         folder = resolve_lm(model, lm, tier.lm, root, offline)
         planner = None
         if folder is not None:
+            announce_load(f"planner LM {folder.name}", folder)
             planner = Planner.from_pretrained(
                 folder, device=dev, dtype=dtype, max_duration=tier.max_duration_lm, backend=lm_backend,
                 vllm_options=vllm_options,
@@ -212,8 +223,8 @@ class Pipeline(LoraMixin):
         Level: see `songstep.postprocess` (new songs peak at −1 dBFS; stems, layers, completions and
         repaints keep the source's level; `loudness=-14.0` scales to that integrated loudness).
 
-        `progress(stage, done, total)` is called per DiT step ("dit"), around the source encode
-        ("encode"), after the VAE decode ("vae") and every few LM tokens ("lm", "lm-codes"). It may
+        `progress(stage, done, total)` is called per DiT step ("dit"), per VAE block of each tile
+        of the source encode ("encode") and of the decode ("vae") and every few LM tokens ("lm", "lm-codes"). It may
         raise (e.g. `songstep.errors.Cancelled`) to stop the run there: the exception propagates and
         the pipeline is free for the next run. `output_type="np"` returns numpy audio."""
         if output_type not in ("pt", "np"):
@@ -389,11 +400,8 @@ class Pipeline(LoraMixin):
         t0 = time.perf_counter()
         if not torch.isfinite(latents).all():
             raise RuntimeError("the DiT produced NaN/Inf latents")
-        if progress is not None:
-            progress("vae", 0, 1)
-        wave, fallback = memory.vae_decode(self.components, latents, self._free)
-        if progress is not None:
-            progress("vae", 1, 1)
+        tick = (lambda done, total: progress("vae", done, total)) if progress is not None else None
+        wave, fallback = memory.vae_decode(self.components, latents, self._free, tick)  # moves per tile block
         if prep.repaint is not None and prep.source_wave is not None and prep.plan.window is not None:
             wave = torch.stack([splice(w, prep.source_wave, prep.plan.window, prep.wave_crossfade) for w in wave])
         timings["vae"] = time.perf_counter() - t0

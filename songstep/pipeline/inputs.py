@@ -73,12 +73,9 @@ def _source(c: Components, run: ExecutionPlan, gens_vae, progress=None):
     if audio.is_silent(wave):
         lat = c.silence[: plan.frames].float()[None].expand(batch, -1, -1)
     else:
-        if progress is not None:
-            progress("encode", 0, 1)
-        with c.on_device("vae"):
-            lat = c.vae.encode(wave[None].expand(batch, -1, -1), gens_vae)
-        if progress is not None:
-            progress("encode", 1, 1)
+        tick = (lambda done, total: progress("encode", done, total)) if progress is not None else None
+        with c.on_device("vae"):  # the bar moves per encoder block of each tile
+            lat = c.vae.encode(wave[None].expand(batch, -1, -1), gens_vae, progress=tick)
     return wave, plan, lat.to(c.silence.device)
 
 

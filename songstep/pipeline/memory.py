@@ -49,14 +49,15 @@ def retry_once(run: Callable[[], Any], generators: list[torch.Generator], free: 
         raise OutOfMemory(advice) from exc
 
 
-def vae_decode(components, latents: torch.Tensor, free: Callable[[], int]) -> tuple[torch.Tensor, str | None]:
+def vae_decode(components, latents: torch.Tensor, free: Callable[[], int],
+               progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, str | None]:
     """Decode with the fallbacks above. Returns the wave and, when a fallback was used, which one."""
     c = components
     for label, tiles in VAE_ATTEMPTS:
         try:
             with c.on_device("vae"):
                 if label is None:
-                    return c.vae.decode(latents, output_device="cpu"), None
+                    return c.vae.decode(latents, output_device="cpu", progress=progress), None
                 parts = [c.vae.decode(z[None], output_device="cpu", **tiles) for z in latents]
                 return torch.cat(parts), label
         except OOM_ERRORS:
@@ -66,6 +67,6 @@ def vae_decode(components, latents: torch.Tensor, free: Callable[[], int]) -> tu
     device = c.vae.device
     c.vae.model.to("cpu")
     try:
-        return c.vae.decode(latents, output_device="cpu"), "cpu"
+        return c.vae.decode(latents, output_device="cpu", progress=progress), "cpu"
     finally:
         c.vae.model.to(device)

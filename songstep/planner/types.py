@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from songstep.constants import (
+    CODE_RATE,
     DEFAULT_NEGATIVE_PROMPT,
     KEYSCALES,
     LANGUAGES,
@@ -98,8 +99,16 @@ class Plan:
     def code_count(self) -> int:
         return len(audio_code_ids(self.audio_codes))
 
+    @property
+    def codes_duration(self) -> float | None:
+        """Seconds the audio codes imply (one code per 1/5 s); None without codes."""
+        count = self.code_count
+        return count / CODE_RATE if count else None
+
     def to_dict(self) -> dict[str, Any]:
+        """The plan as `songstep plan` prints it; `duration` is the request's, else the codes'."""
         r = self.request
+        implied = self.codes_duration
         return {
             "seed": self.seed,
             "caption": r.caption,
@@ -108,10 +117,11 @@ class Plan:
             "bpm": r.bpm,
             "keyscale": r.keyscale,
             "timesignature": r.timesignature,
-            "duration": r.duration,
+            "duration": r.duration if r.duration is not None else implied,
             "language": r.language,
             "metadata": dict(self.metadata),
             "code_count": self.code_count,
+            "codes_duration": implied,
             "audio_codes": self.audio_codes,
         }
 

@@ -47,23 +47,30 @@ def _slots(built: Any) -> list[Slot]:
     return slots
 
 
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI, settings: ServerSettings, slots: Callable[[], list[Slot]]):
+    """The job service of an app's lifetime: folders, the store, the models' slots (built off the
+    event loop), the workers; stopped and closed on the way out. The server and the UI share it."""
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.job_store_url)
+    app.state.store = store
+    service = JobService(settings, store, await asyncio.to_thread(slots), app.state.metrics)
+    app.state.service = service
+    recovered = service.start()
+    log.info("serving models %s, recovered %s", [s.name for s in service.slots], recovered)
+    try:
+        yield service
+    finally:
+        await asyncio.to_thread(service.stop)
+        store.close()
+
+
 def _lifespan(pipeline_factory: Callable[[], Any], settings: ServerSettings):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.results_dir.mkdir(parents=True, exist_ok=True)
-        settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-        store = open_store(settings.job_store_url)
-        app.state.store = store
-        built = await asyncio.to_thread(pipeline_factory)
-        service = JobService(settings, store, _slots(built), app.state.metrics)
-        app.state.service = service
-        recovered = service.start()
-        log.info("server ready: models %s, recovered %s", [s.name for s in service.slots], recovered)
-        try:
+        async with serving(app, settings, lambda: _slots(pipeline_factory())):
             yield
-        finally:
-            await asyncio.to_thread(service.stop)
-            store.close()
 
     return lifespan
 

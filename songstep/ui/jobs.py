@@ -10,7 +10,6 @@ show a job's place in it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import time
@@ -31,27 +30,18 @@ def host_app(pipe: Any, settings: ServerSettings, *, api: bool):
         return create_app(lambda: pipe, settings)
     from fastapi import FastAPI
 
+    from songstep.server.app import serving
     from songstep.server.metrics import Metrics
-    from songstep.server.service import JobService
-    from songstep.server.stores import open_store
     from songstep.server.worker import Slot, model_names
+
+    def slots() -> list[Slot]:
+        name, aliases = model_names(pipe)
+        return [Slot(name=name, aliases=aliases, pipe=pipe, is_default=True)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.results_dir.mkdir(parents=True, exist_ok=True)
-        settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-        store = open_store(settings.job_store_url)
-        app.state.store = store
-        name, aliases = model_names(pipe)
-        service = JobService(settings, store, [Slot(name=name, aliases=aliases, pipe=pipe, is_default=True)],
-                             app.state.metrics)
-        service.start()
-        app.state.service = service
-        try:
+        async with serving(app, settings, slots):
             yield
-        finally:
-            await asyncio.to_thread(service.stop)
-            store.close()
 
     app = FastAPI(title="songstep UI", lifespan=lifespan)
     app.state.settings = settings

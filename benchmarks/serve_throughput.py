@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -92,6 +93,7 @@ def main() -> None:
         model = str(write_tiny_tree(Path(tempfile.mkdtemp()) / "tiny", seed=0))
     if not model:
         parser.error("give --model or --tiny")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # one machine: every Ray server on 127.0.0.1
     ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
     rows = []
     for n in args.replicas:

@@ -84,7 +84,13 @@ class TextEncoder:
     def token_ids(self, text: str, max_length: int) -> list[int]:
         """One prompt's ids as the pipeline sees them (post-processor EOS kept on truncation)."""
         encoded = self.tokenizer(text, truncation=True, max_length=max_length, split_special_tokens=False)
-        return list(encoded["input_ids"])
+        ids = list(encoded["input_ids"])
+        if len(ids) == max_length:  # maybe cut: say so, with the numbers (the model reads only these)
+            full = len(self.tokenizer(text, split_special_tokens=False)["input_ids"])
+            if full > max_length:
+                logger.warning("a text prompt of %d tokens is cut to the model's %d-token limit (%d tokens dropped)",
+                               full, max_length, full - max_length)
+        return ids
 
     def tokenize(self, prompts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each prompt tokenized alone, right-padded with `pad_id` to the longest.

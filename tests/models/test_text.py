@@ -71,11 +71,15 @@ def test_caption_hidden_is_the_full_models_last_hidden_state(enc):
     assert hidden.std() > 0.5  # after the final RMSNorm, not raw embeddings
 
 
-def test_long_caption_truncates_to_256_keeping_the_appended_eos(enc):
+def test_long_caption_truncates_to_256_keeping_the_appended_eos(enc, caplog):
     prompt = CAPTION.format(caption=" ".join(f"w{i}" for i in range(300)))
     full = enc.token_ids(prompt, 10**6)
     assert len(full) > 300
-    ids, mask = enc.tokenize([prompt], CAPTION_MAX_TOKENS)
+    with caplog.at_level("WARNING"):
+        ids, mask = enc.tokenize([prompt], CAPTION_MAX_TOKENS)
+    cut = [r.getMessage() for r in caplog.records if "cut to the model's 256-token limit" in r.getMessage()]
+    assert cut == [f"a text prompt of {len(full)} tokens is cut to the model's 256-token limit "
+                   f"({len(full) - 256} tokens dropped)"]
     assert ids.shape == (1, 256) and mask.all()
     assert ids[0, -1].item() == enc.pad_id
     assert ids[0, :255].tolist() == full[:255]  # 255 prompt ids + the appended EOS

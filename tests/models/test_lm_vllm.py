@@ -182,7 +182,7 @@ def test_pipeline_generates_with_the_vllm_planner(tiny_tree, folder, on_vllm):
     pipe.planner.caption_max_tokens = 12
     r = pipe.generate("lofi piano", "[Verse]\nla la", duration=10.4, seed=3)
     item = r.params["items"][0]
-    assert item["task"] == "cover" and item["frames"] == 52 * 5
+    assert item["task"] == "text2music" and item["runs_as"] == "cover" and item["frames"] == 52 * 5
     assert r.audio.shape == (1, 2, 52 * 5 * HOP_LENGTH)
     again = pipe.generate("lofi piano", "[Verse]\nla la", duration=10.4, seed=3)
     assert torch.equal(again.audio, r.audio)

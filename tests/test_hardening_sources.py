@@ -23,9 +23,12 @@ def _wave(seconds: float, level: float = 0.1) -> np.ndarray:
 
 
 def _one_line(capsys) -> str:
+    """The one error line (status lines, which come first unless --quiet, are not errors)."""
     err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert all(line.startswith("songstep ") for line in err.splitlines() if not line.startswith("error:")), err
+    return errors[0]
 
 
 def _cli(tiny_tree, tmp_path, *args: str) -> list[str]:

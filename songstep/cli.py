@@ -21,7 +21,10 @@ from songstep import cli_align
 DEFAULT_MODEL = "ACE-Step/Ace-Step1.5"
 
 
-VARIANTS = ("turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
+def _variants() -> tuple[str, ...]:
+    from songstep.config import VARIANTS
+
+    return VARIANTS
 
 
 def _verbosity(p: argparse.ArgumentParser, top: bool = False) -> None:
@@ -36,7 +39,7 @@ def _model_flags(p: argparse.ArgumentParser, *, dit: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help=f"checkpoints directory or hub repo (default: {DEFAULT_MODEL})")
     if dit:
-        g.add_argument("--variant", default=None, choices=VARIANTS,
+        g.add_argument("--variant", default=None, choices=_variants(),
                        help="DiT variant (default: turbo; base for add-layer/extract/complete)")
     g.add_argument("--device", default=None, help="cuda | cpu | mps | cuda:1 … (default: cuda when available)")
     g.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),

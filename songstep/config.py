@@ -193,6 +193,9 @@ VARIANT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+VARIANTS = tuple(VARIANT_PRESETS)  # the one variant table, as users type the names
+
+
 def preset(variant: str) -> DiTConfig:
     """The full-size config of a named variant."""
     try:

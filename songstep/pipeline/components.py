@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from songstep.config import DiTConfig
+from songstep.config import VARIANTS, DiTConfig
 from songstep.errors import CheckpointError, DownloadError, InvalidRequest, ModelNotFound
 from songstep.loading import diffusers_map, hub, inventory
 from songstep.loading.checkpoint import default_dtype, load_dit
@@ -31,7 +31,6 @@ from songstep.models.vae import VAE, load_silence_latent
 log = logging.getLogger(__name__)
 status = logging.getLogger("songstep.status")  # one line per stage; the CLI shows these on stderr
 
-VARIANTS = ("turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
 SILENCE_FILE = "silence_latent.pt"
 
 

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from songstep.conditioning import TaskInputs, repaint_settings
+from songstep.conditioning import RepaintSettings, TaskInputs, repaint_settings
 from songstep.config import DiTConfig, family, variant_defaults
 from songstep.errors import InvalidRequest
 from songstep.postprocess import Level
@@ -24,9 +24,6 @@ from songstep.sampling.flow import SamplerOptions
 from songstep.tasks import TaskSpec, get_task, with_codes
 
 log = logging.getLogger(__name__)
-
-SAMPLER_DEFAULT_FIELDS = ("steps", "shift", "guidance", "dcw", "solver")
-
 
 @dataclass(frozen=True)
 class TextInputs:
@@ -67,12 +64,14 @@ class ExecutionPlan:
         return len(self.seeds)
 
 
-def _sampler(request: GenerationRequest, config: DiTConfig, variant: str | None) -> tuple[SamplerOptions, dict]:
+def _sampler(request: GenerationRequest, config: DiTConfig, variant: str | None,
+             settings: RepaintSettings) -> tuple[SamplerOptions, dict]:
     d = variant_defaults(config, variant)
     defaults: dict[str, Any] = {}
+    unset = request.defaulted()
 
     def pick(name: str, value: Any, default: Any) -> Any:
-        if value is None or name in request.defaulted():
+        if value is None or name in unset:
             defaults[name] = default
             return default
         return value
@@ -84,7 +83,6 @@ def _sampler(request: GenerationRequest, config: DiTConfig, variant: str | None)
         defaults["guidance"] = d.guidance
     dcw = pick("dcw", request.dcw, d.dcw)
     solver = pick("solver", request.solver, d.solver)
-    settings = repaint_settings(request.repaint_strength)
     options = SamplerOptions(
         steps=int(steps), shift=float(shift), timesteps=request.timesteps, solver=solver,
         guidance_scale=float(guidance), guidance=request.guidance_method, cfg_interval=tuple(request.cfg_interval),
@@ -126,7 +124,8 @@ def resolve(request: GenerationRequest, config: DiTConfig, variant: str | None =
     seeds = list(seeds) if seeds is not None else take_seeds(request.seed, request.batch)
     if len(seeds) != request.batch:
         raise InvalidRequest(f"{len(seeds)} generators for a batch of {request.batch}")
-    options, defaults = _sampler(request, config, variant)
+    settings = repaint_settings(request.repaint_strength)
+    options, defaults = _sampler(request, config, variant, settings)
     lyrics = "[Instrumental]" if request.instrumental else request.lyrics
     texts = TextInputs(request.caption, lyrics, request.language, request.bpm, request.keyscale,
                        request.timesignature, request.duration, request.strength < 1.0)
@@ -138,10 +137,7 @@ def resolve(request: GenerationRequest, config: DiTConfig, variant: str | None =
         request=request, spec=spec, task=task, seeds=seeds, sampler=options, texts=texts,
         source_audio=request.source_audio, reference_audio=request.reference_audio, audio_codes=request.audio_codes,
         retake_seeds=retake, retake_variance=request.retake_variance,
-        wave_crossfade=repaint_settings(request.repaint_strength).wave_crossfade_seconds,
-        level=level, defaults={**defaults, **_fam_record(config, variant)}, warnings=tuple(warnings),
+        wave_crossfade=settings.wave_crossfade_seconds, level=level,
+        defaults={**defaults, "family": family(config), **({"variant": variant} if variant else {})},
+        warnings=tuple(warnings),
     )
-
-
-def _fam_record(config: DiTConfig, variant: str | None) -> dict[str, Any]:
-    return {"family": family(config)} | ({"variant": variant} if variant else {})

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from songstep.config import VARIANTS, DiTConfig
+from songstep.devices import resolve_device
 from songstep.errors import CheckpointError, DownloadError, InvalidRequest, ModelNotFound
 from songstep.loading import diffusers_map, hub, inventory
 from songstep.loading.checkpoint import default_dtype, load_dit
@@ -95,7 +96,7 @@ def load_components(
     `quantize="int8"`: torchao int8 weight-only DiT linears."""
     if variant not in VARIANTS:
         raise InvalidRequest(f"unknown variant {variant!r}; choose from: {', '.join(VARIANTS)}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     dtype = dtype or default_dtype(device)
     park = torch.device("cpu") if offload else device
     layout = diffusers_folders(model) or diffusers_folders(fetch_diffusers_repo(str(model), root, offline))

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from songstep.constants import AUDIO_CODE_TOKEN, HOP_LENGTH, SAMPLE_RATE
+from songstep.devices import resolve_device
 from songstep.errors import InvalidRequest
 from songstep.loading.checkpoint import default_dtype
 from songstep.lora import LoraMixin
@@ -132,7 +133,7 @@ class Pipeline(LoraMixin):
         `compile` (True or a backend name) and `quantize` ("int8") optimise the DiT (see
         `load_components`)."""
         dtype = dtype or torch_dtype
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = resolve_device(device)
         tier = tier or detect_tier(dev)
         offload = tier.offload if offload is None else offload
         status.info("device %s, %s, %s tier%s", dev, str(dtype or default_dtype(dev)).removeprefix("torch."),
@@ -164,7 +165,7 @@ class Pipeline(LoraMixin):
 
     def to(self, device: torch.device | str) -> Pipeline:
         """Move every component (and the planner LM) to `device`; returns the pipeline."""
-        device = torch.device(device)
+        device = resolve_device(device)
         with self._lock:
             lm_device = self.planner.lm.backend.device if self.planner is not None else None
             if lm_device is not None and torch.device(lm_device).type != device.type:

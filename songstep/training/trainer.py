@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from songstep import lora
+from songstep.devices import resolve_device
 from songstep.errors import InvalidRequest
 from songstep.training import lora_train as lt
 from songstep.training.dataset import load_dataset
@@ -123,7 +124,7 @@ def train(
     """Train an adapter on a built dataset; `dit=(model, silence)` skips loading (tests, benchmarks)."""
     cfg = cfg or lt.TrainConfig()
     cfg.check()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     data = load_dataset(dataset)
     output = Path(output)
     ckpt = lt.latest_checkpoint(output) if resume else None
